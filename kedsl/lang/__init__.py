@@ -1,0 +1,1 @@
+"""The kedsl edit language: grammar, AST, parser, checker, formatter (torch-free)."""

@@ -1,0 +1,86 @@
+"""The handle every method and metric receives: model + tokenizer + architecture."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..specs import ArchitectureSpec
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for editing.
+
+    ``arch`` says where the model keeps its parts, so methods address modules by role
+    (``mlp_out(layer)``) and never by hard-coded names.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    arch: ArchitectureSpec
+    ref: str = "<in-process>"  # what the user wrote in `model "..."`
+    source: str = "in-process"  # the model source plugin that loaded it
+    meta: dict[str, Any] = field(default_factory=dict)  # resolved path, gguf file, ...
+
+    # -- structure ---------------------------------------------------------------
+    def module(self, path: str) -> nn.Module:
+        return self.model.get_submodule(path)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.module(self.arch.layers))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def layer(self, i: int) -> nn.Module:
+        return self.module(self.arch.layers)[i]
+
+    def mlp_out(self, layer: int) -> nn.Module:
+        """The MLP output projection of ``layer`` (the weight ROME-family methods edit)."""
+        return self.module(self.arch.mlp_out.format(layer))
+
+    def mlp_out_weight_name(self, layer: int) -> str:
+        return self.arch.mlp_out.format(layer) + ".weight"
+
+    def parameter(self, name: str) -> nn.Parameter:
+        return self.model.get_parameter(name)
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.num_layers:
+            from ..errors import UsageError
+
+            raise UsageError(
+                f"layer {layer} does not exist: the model has layers 0..{self.num_layers - 1}",
+                "choose a layer inside that range",
+            )
+
+    # -- identity ----------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """SHA-256 over the state dict in canonical order: name, dtype, shape, bytes."""
+        return fingerprint_state_dict(self.model.state_dict())
+
+
+def fingerprint_state_dict(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(repr(tuple(t.shape)).encode())
+        # view as bytes: works for every dtype, bf16 included
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,184 @@
+"""Declared parameter schemas for method plugins.
+
+A method declares its parameters as :class:`Param` objects; ``kedsl check`` validates a
+script's ``using method(k=v)`` against them without importing torch, and the executor
+resolves defaults and presets through :func:`resolve_params`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Types a parameter may declare. "layers" accepts an int, a list of ints or a range `a..b`
+# and always resolves to a list of ints.
+PARAM_TYPES = ("int", "float", "bool", "str", "list[int]", "list[str]", "layers", "int|auto")
+
+
+@dataclass(frozen=True)
+class Range:
+    """An inclusive integer range ``start..stop`` as written in scripts (``3..7``)."""
+
+    start: int
+    stop: int
+
+    def to_list(self) -> list[int]:
+        step = 1 if self.stop >= self.start else -1
+        return list(range(self.start, self.stop + step, step))
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter of a method plugin."""
+
+    name: str
+    type: str
+    default: Any = None
+    doc: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAM_TYPES:
+            raise ValueError(f"parameter {self.name!r}: unknown type {self.type!r}; one of {PARAM_TYPES}")
+
+    def describe(self) -> str:
+        bounds = ""
+        if self.min is not None or self.max is not None:
+            lo = "-inf" if self.min is None else _num(self.min)
+            hi = "inf" if self.max is None else _num(self.max)
+            bounds = f" in [{lo}, {hi}]"
+        if self.choices:
+            bounds = " one of " + ", ".join(repr(c) for c in self.choices)
+        return f"{self.name}: {self.type}{bounds} (default {self.default!r})"
+
+    def validate(self, value: Any) -> tuple[Any, str | None]:
+        """Coerce ``value`` to this parameter's type; return (value, error message or None)."""
+        t = self.type
+        if t == "int|auto":
+            if value == "auto":
+                return "auto", None
+            t = "int"
+        if t == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                return value, f"parameter `{self.name}` expects an integer, got {_show(value)}"
+        elif t == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return value, f"parameter `{self.name}` expects a number, got {_show(value)}"
+            value = float(value)
+        elif t == "bool":
+            if not isinstance(value, bool):
+                return value, f"parameter `{self.name}` expects true or false, got {_show(value)}"
+        elif t == "str":
+            if not isinstance(value, str):
+                return value, f"parameter `{self.name}` expects a string, got {_show(value)}"
+        elif t in ("list[int]", "layers"):
+            if t == "layers" and isinstance(value, int) and not isinstance(value, bool):
+                value = [value]
+            elif isinstance(value, Range):
+                value = value.to_list()
+            if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
+                return value, f"parameter `{self.name}` expects a list of integers, got {_show(value)}"
+            if not value:
+                return value, f"parameter `{self.name}` must not be empty"
+            for v in value:
+                err = self._check_bounds(v)
+                if err:
+                    return value, err
+            return value, None
+        elif t == "list[str]":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                return value, f"parameter `{self.name}` expects a list of strings, got {_show(value)}"
+            return value, None
+        if self.choices is not None and value not in self.choices:
+            opts = ", ".join(repr(c) for c in self.choices)
+            return value, f"parameter `{self.name}` must be one of {opts}, got {_show(value)}"
+        return value, self._check_bounds(value)
+
+    def _check_bounds(self, value: Any) -> str | None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.min is not None and value < self.min:
+                return f"parameter `{self.name}` must be >= {_num(self.min)}, got {_num(value)}"
+            if self.max is not None and value > self.max:
+                return f"parameter `{self.name}` must be <= {_num(self.max)}, got {_num(value)}"
+        return None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Default parameter values for one family of architectures (e.g. ``llama``).
+
+    ``measured_by`` says which measurement chose the values (methods.md: presets are
+    chosen by measurement, not copied blindly).
+    """
+
+    family: str
+    values: dict[str, Any] = field(default_factory=dict)
+    measured_by: str = ""
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v)) if abs(v) < 1e15 else str(v)
+    return str(v)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'the string "{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Range):
+        return f"the range {value.start}..{value.stop}"
+    return repr(value)
+
+
+def validate_params(schema: "list[Param] | tuple[Param, ...]", given: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    """Check ``given`` against ``schema``; return (param name, message, hint) for each problem."""
+    from .errors import did_you_mean
+
+    by_name = {p.name: p for p in schema}
+    problems: list[tuple[str, str, str | None]] = []
+    for name, value in given.items():
+        p = by_name.get(name)
+        if p is None:
+            hint = did_you_mean(name, list(by_name)) or (
+                "known parameters: " + ", ".join(sorted(by_name)) if by_name else "this method takes no parameters"
+            )
+            problems.append((name, f"unknown parameter `{name}`", hint))
+            continue
+        _, err = p.validate(value)
+        if err:
+            problems.append((name, err, p.describe()))
+    return problems
+
+
+def resolve_params(
+    schema: "list[Param] | tuple[Param, ...]",
+    given: dict[str, Any],
+    presets: "list[Preset] | tuple[Preset, ...]" = (),
+    family: str | None = None,
+) -> dict[str, Any]:
+    """Defaults, overlaid by the preset for ``family``, overlaid by ``given``; coerced."""
+    values: dict[str, Any] = {p.name: p.default for p in schema}
+    for preset in presets:
+        if family is not None and preset.family == family:
+            values.update(preset.values)
+    values.update(given)
+    by_name = {p.name: p for p in schema}
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if k not in by_name:
+            raise KeyError(f"unknown parameter {k!r}")
+        if v is None:
+            out[k] = None
+            continue
+        coerced, err = by_name[k].validate(v)
+        if err:
+            from .errors import UsageError
+
+            raise UsageError(err, by_name[k].describe())
+        out[k] = coerced
+    return out

@@ -1,0 +1,153 @@
+"""What plugins contribute: plain, torch-free descriptors.
+
+Each hook in :mod:`kedsl.hookspecs` returns a list of these. A descriptor carries the
+metadata ``check`` needs (names, parameter schemas, thresholds) and names its
+implementation as an import string ``"package.module:attribute"`` that is imported only
+when the work starts, so ``check``/``fmt``/``plugins`` never import torch.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .params import Param, Preset
+
+
+def load_object(spec: str) -> Any:
+    """Import ``"package.module:attr"`` and return the attribute."""
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"implementation {spec!r} must look like 'package.module:attribute'")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """An editing method (ROME, MEMIT, FT-M, ...).
+
+    ``implementation`` names a class with a no-argument constructor and the interface of
+    :class:`kedsl.editing.EditMethod`.
+    """
+
+    name: str
+    implementation: str
+    params: tuple[Param, ...] = ()
+    doc: str = ""
+    supports_batch: bool = False
+    supports_sequential: bool = True
+    presets: tuple[Preset, ...] = ()
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def load(self) -> Any:
+        return load_object(self.implementation)()
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric (efficacy, locality, fluency, ...).
+
+    ``default_threshold`` applies to ``expect NAME`` without a comparison; None means the
+    metric is reported only. ``relative_tolerance`` (fluency) means: pass when the value is
+    at least (1 - tolerance) x the pre-edit value. ``needs_baseline``: the executor
+    measures the unedited model first (locality, fluency). ``prompt_form`` says what
+    prompts an `expect` may give: "answer" (`"p" -> "a"`), "unchanged" (`"p" unchanged`),
+    "any" or "none".
+    """
+
+    name: str
+    implementation: str
+    doc: str = ""
+    default_threshold: float | None = None
+    relative_tolerance: float | None = None
+    needs_baseline: bool = False
+    prompt_form: str = "answer"
+    higher_is_better: bool = True
+
+    def load(self) -> Any:
+        return load_object(self.implementation)()
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A prompt template with ``{}`` for the subject, keyed by a Wikidata id or a name."""
+
+    id: str
+    template: str
+    paraphrases: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    doc: str = ""
+
+    def prompt(self, subject: str) -> str:
+        return self.template.replace("{}", subject, 1)
+
+    def paraphrase_prompts(self, subject: str) -> list[str]:
+        return [t.replace("{}", subject, 1) for t in self.paraphrases]
+
+
+@dataclass(frozen=True)
+class ModelSourceSpec:
+    """Resolves a ``model "..."`` reference to a loaded model.
+
+    ``matches(ref)`` decides, without importing torch, whether this source handles the
+    reference; sources are tried in ascending ``priority``. ``implementation`` names a
+    function ``load(ref: str, settings: dict) -> kedsl.model.LoadedModel``.
+    ``aliases`` lists fixed names the source provides (shown by ``kedsl plugins``).
+    """
+
+    name: str
+    implementation: str
+    matches: Callable[[str], bool]
+    priority: int = 100
+    aliases: tuple[str, ...] = ()
+    doc: str = ""
+
+    def load(self) -> Any:
+        return load_object(self.implementation)
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Where one model family keeps its parts, as module paths with ``{}`` for the layer.
+
+    ``mlp_out`` is the MLP's output projection, the weight ROME-family methods edit; its
+    input is the "key" and its output the "value". ``transposed`` is True for GPT-2's
+    Conv1D, whose weight is stored (in_features, out_features).
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: str  # the ModuleList of blocks, e.g. "model.layers"
+    mlp: str  # e.g. "model.layers.{}.mlp"
+    mlp_out: str  # e.g. "model.layers.{}.mlp.down_proj"
+    attn: str  # e.g. "model.layers.{}.self_attn"
+    embed: str  # token embedding, e.g. "model.embed_tokens"
+    final_norm: str  # e.g. "model.norm"
+    lm_head: str  # e.g. "lm_head"
+    transposed: bool = False
+    family: str = ""  # preset family name; defaults to ``name``
+    doc: str = ""
+
+    @property
+    def preset_family(self) -> str:
+        return self.family or self.name
+
+    def layer_path(self, template: str, layer: int) -> str:
+        return template.format(layer)
+
+
+@dataclass
+class PluginInfo:
+    """One loaded (or failed) plugin, as ``kedsl plugins`` lists it."""
+
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    error: str | None = None
+    provides: dict[str, list[str]] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""kedsl_metrics (work in progress)."""

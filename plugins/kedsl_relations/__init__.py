@@ -1,0 +1,1 @@
+"""kedsl_relations (work in progress)."""

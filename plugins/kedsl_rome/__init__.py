@@ -1,0 +1,1 @@
+"""kedsl_rome (work in progress)."""

@@ -1,0 +1,1 @@
+"""kedsl_sources (work in progress)."""
