@@ -103,5 +103,98 @@ def plugins(as_json: bool) -> None:
         click.echo(f"\n{len(reg.failed)} plugin(s) failed to load; kedsl works without them.", err=True)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (with paraphrases).")
+@handle_errors
+def relations(as_json: bool) -> None:
+    """List the relations the plugins provide: id, aliases and prompt template."""
+    from .registry import get_registry
+
+    # Wikidata ids in numeric order (P17 before P103), then named relations.
+    rels = sorted(
+        get_registry().relations.values(),
+        key=lambda r: (0, int(r.id[1:]), "") if r.id[:1] == "P" and r.id[1:].isdigit() else (1, 0, r.id),
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {"id": r.id, "aliases": list(r.aliases), "template": r.template,
+                     "paraphrases": list(r.paraphrases), "doc": r.doc}
+                    for r in rels
+                ],
+                indent=2,
+            )
+        )
+        return
+    id_width = max((len(r.id) for r in rels), default=2)
+    alias_width = max((len(", ".join(r.aliases)) for r in rels), default=7)
+    for r in rels:
+        click.echo(f"{r.id:<{id_width}}  {', '.join(r.aliases):<{alias_width}}  {r.template}")
+
+
+
+class _PrintReporter:
+    """Prints one line per edit as the run goes."""
+
+    def edit_started(self, index: int, total: int, edit: Any) -> None:
+        click.echo(
+            f"[{index + 1}/{total}] editing {edit.request.subject!r}: -> {edit.request.target!r} using {edit.method} ...",
+            err=True,
+        )
+
+    def edit_finished(self, report: Any, total: int) -> None:
+        mark = {"applied": "applied", "rolled_back": "ROLLED BACK", "failed": "FAILED", "skipped": "skipped"}[report.status]
+        says = f" | now: {report.request.prompt!r} -> {report.says_now!r}" if report.says_now is not None else ""
+        click.echo(f"[{report.index + 1}/{total}] {report.request.subject}  {report.method}  {report.seconds:.1f}s  {mark}{says}")
+
+
+def print_expectation_table(reports: list[Any]) -> None:
+    rows = []
+    for r in reports:
+        for x in r.expectations:
+            value = "n/a" if x.value is None else f"{x.value:.3f}"
+            thr = "reported" if x.op is None else f"{x.op} {x.threshold:.3f}"
+            rows.append((str(r.index + 1), r.request.subject, x.metric, value, thr, "pass" if x.passed else "FAIL"))
+    if not rows:
+        return
+    header = ("#", "subject", "metric", "value", "threshold", "result")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    click.echo("\n" + line)
+    click.echo("  ".join("-" * w for w in widths))
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+@main.command()
+@click.argument("script", type=click.Path(dir_okay=False))
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help="Provenance database (default: $KEDSL_DB or ./kedsl.db).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Save the edited model here (overrides `save to`).")
+@click.option("--on-fail", type=click.Choice(["rollback", "keep", "abort"]), default=None, help="What a failed expectation does (overrides the script's on_fail).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for every method's randomness.")
+@handle_errors
+def apply(script: str, db: str | None, out: str | None, on_fail: str | None, seed: int) -> None:
+    """Apply a .ke script: edit the model, check every expectation, save, record.
+
+    Exit codes: 0 all expectations held, 1 an expectation failed, 2 invalid script or
+    usage, 3 internal error, 4 model error, 5 database error.
+    """
+    from . import api
+
+    click.echo(f"checking {script} ...", err=True)
+    report = api.apply(script, db=db, out=out, on_fail=on_fail, seed=seed, reporter=_PrintReporter(), argv=sys.argv)
+    print_expectation_table(report.edits)
+    applied = sum(1 for r in report.edits if r.status == "applied")
+    click.echo(
+        f"\nrun {report.run_id}: {applied}/{len(report.edits)} edits applied, "
+        f"{report.failed_expectations} expectation(s) failed"
+    )
+    if report.saved_to:
+        click.echo(f"saved the edited model to {report.saved_to} (fingerprint {report.fingerprint_after[:16]})")
+    if report.failed_expectations:
+        sys.exit(int(ExitCode.EXPECTATION_FAILED))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

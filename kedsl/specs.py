@@ -57,7 +57,10 @@ class MetricSpec:
     at least (1 - tolerance) x the pre-edit value. ``needs_baseline``: the executor
     measures the unedited model first (locality, fluency). ``prompt_form`` says what
     prompts an `expect` may give: "answer" (`"p" -> "a"`), "unchanged" (`"p" unchanged`),
-    "any" or "none".
+    "any" or "none". ``prompts_field`` names the :class:`kedsl.evaluation.EvalCase` field
+    an `expect`'s own prompts fill (rewrite, paraphrase, portability, locality,
+    generation). A metric with ``relative_tolerance`` puts the pre-edit value it compares
+    against into ``MetricResult.details["baseline"]``.
     """
 
     name: str
@@ -67,6 +70,7 @@ class MetricSpec:
     relative_tolerance: float | None = None
     needs_baseline: bool = False
     prompt_form: str = "answer"
+    prompts_field: str = "rewrite"
     higher_is_better: bool = True
 
     def load(self) -> Any:

@@ -1,0 +1,258 @@
+"""The public Python API: load a model, run a script or single edits, save.
+
+The CLI is a thin layer over these functions::
+
+    import kedsl
+
+    report = kedsl.apply("examples/eiffel.ke")          # a whole script, as `kedsl apply`
+
+    ed = kedsl.Editor("smollm2-135m")                   # or edit interactively
+    ed.edit("Eiffel Tower", "located_in", "Rome", method="rome",
+            expect=[kedsl.Expect("efficacy", op=">=", threshold=1.0)])
+    print(ed.generate("The Eiffel Tower is located in the city of"))
+    ed.save("out/eiffel-rome")
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import UsageError
+from .lang import ast
+from .registry import Registry, get_registry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "kedsl.db"
+
+
+def default_db_path() -> Path:
+    """``$KEDSL_DB`` if set, else ``kedsl.db`` in the current directory."""
+    return Path(os.environ.get("KEDSL_DB", DEFAULT_DB))
+
+
+def read_script(path: str | Path) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"no such script: {p}", "pass the path of a .ke file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start})", "save the script as UTF-8") from None
+
+
+def load_checked(path: str | Path, registry: Registry | None = None) -> ast.Script:
+    """Parse and check a script; raise :class:`kedsl.lang.ScriptError` if it is invalid."""
+    from .lang import ScriptError, check_source
+
+    registry = registry or get_registry()
+    source = read_script(path)
+    script, diagnostics = check_source(source, str(path), registry)
+    errors = [d for d in diagnostics if d.severity == "error"]
+    if errors or script is None:
+        raise ScriptError(diagnostics, source=source, filename=str(path))
+    return script
+
+
+def plan(script: ast.Script, registry: Registry | None = None) -> list[Any]:
+    """The executor's view of a checked script: one PlannedEdit per edit, in order."""
+    from .editing import EditRequest
+    from .executor import PlannedEdit
+    from .lang import resolve_edits
+
+    registry = registry or get_registry()
+    planned = []
+    for r in resolve_edits(script, registry):
+        e = r.edit
+        planned.append(
+            PlannedEdit(
+                request=EditRequest(
+                    subject=e.subject,
+                    prompt=r.prompt,
+                    target=e.target or "",
+                    old=e.old,
+                    kind=e.kind,
+                    relation=r.relation,
+                    paraphrases=list(r.paraphrases),
+                ),
+                method=r.method,
+                given_params=dict(r.params),
+                expects=list(e.expects),
+                batch=r.batch,
+                source_line=e.pos.line,
+            )
+        )
+    return planned
+
+
+def script_on_fail(script: ast.Script) -> str | None:
+    return next((s.policy for s in script.statements if isinstance(s, ast.OnFailStmt)), None)
+
+
+def model_settings(stmt: ast.ModelStmt | None) -> dict[str, Any]:
+    if stmt is None:
+        return {}
+    return {a.name: (a.value.name if isinstance(a.value, ast.Ident) else a.value) for a in stmt.settings}
+
+
+def apply(
+    script_path: str | Path,
+    *,
+    db: str | Path | None = None,
+    out: str | Path | None = None,
+    on_fail: str | None = None,
+    seed: int = 0,
+    model: Any = None,
+    registry: Registry | None = None,
+    reporter: Any = None,
+    argv: list[str] | None = None,
+) -> Any:
+    """Run a script end to end (check, load, edit, expect, save, record); return a RunReport.
+
+    ``model`` may be an already loaded :class:`kedsl.model.LoadedModel` (skips loading).
+    Relative ``save to`` paths are resolved against the current directory.
+    """
+    from .executor import Executor, RunReport, versions
+    from .model.loading import load_model
+    from .model.saving import save_model
+    from .store import Store
+
+    registry = registry or get_registry()
+    script = load_checked(script_path, registry)
+    planned = plan(script, registry)
+    policy = on_fail or script_on_fail(script) or "rollback"
+    if model is None:
+        stmt = script.model
+        assert stmt is not None, "the checker guarantees a model statement"
+        model = load_model(stmt.ref, model_settings(stmt), registry)
+    save_to = Path(out) if out is not None else (Path(script.save.path) if script.save else None)
+
+    store = Store.open(db if db is not None else default_db_path())
+    source = read_script(script_path)
+    import hashlib
+
+    fp_before = model.fingerprint()
+    run_id = store.begin_run(
+        script_path=str(script_path),
+        script_text=source,
+        script_sha256=hashlib.sha256(source.encode()).hexdigest(),
+        argv=argv if argv is not None else sys.argv,
+        versions=versions(registry),
+        seed=seed,
+        model_ref=model.ref,
+        model_source=model.source,
+        fingerprint_before=fp_before,
+    )
+    status = "failed"
+    try:
+        executor = Executor(model, registry, on_fail=policy, seed=seed, store=store, run_id=run_id, reporter=reporter)
+        reports = executor.run(planned)
+        report = RunReport(run_id=run_id, edits=reports, fingerprint_before=fp_before)
+        if any(r.status == "skipped" for r in reports):
+            report.status = "aborted"
+        elif report.failed_expectations:
+            report.status = "expectations_failed"
+        report.fingerprint_after = model.fingerprint()
+        if save_to is not None:
+            provenance = {
+                "run_id": run_id,
+                "script": str(script_path),
+                "base_model": model.ref,
+                "fingerprint_before": fp_before,
+                "edits": [
+                    {
+                        "id": r.edit_id,
+                        "subject": r.request.subject,
+                        "prompt": r.request.prompt,
+                        "target": r.request.target,
+                        "method": r.method,
+                        "status": r.status,
+                        "expectations": [x.as_record() for x in r.expectations],
+                    }
+                    for r in reports
+                ],
+            }
+            report.saved_to = save_model(model, save_to, provenance)
+        status = report.status
+        return report
+    finally:
+        store.end_run(
+            run_id,
+            status,
+            fingerprint_after=model.fingerprint() if status != "failed" else None,
+            saved_to=str(save_to) if save_to is not None and status != "failed" else None,
+        )
+        store.close()
+
+
+class Editor:
+    """Edit a model interactively (notebooks): the same executor as scripts use."""
+
+    def __init__(
+        self,
+        model: str | Any = "smollm2-135m",
+        *,
+        settings: dict[str, Any] | None = None,
+        on_fail: str = "rollback",
+        seed: int = 0,
+        registry: Registry | None = None,
+    ):
+        from .executor import Executor
+        from .model.loading import load_model
+
+        self.registry = registry or get_registry()
+        self.model = load_model(model, settings or {}, self.registry) if isinstance(model, str) else model
+        self.executor = Executor(self.model, self.registry, on_fail=on_fail, seed=seed)
+        self.reports: list[Any] = []
+
+    def edit(
+        self,
+        subject: str,
+        relation: str | None = None,
+        target: str = "",
+        *,
+        prompt: str | None = None,
+        old: str | None = None,
+        method: str = "rome",
+        params: dict[str, Any] | None = None,
+        expect: Iterable[ast.Expect] = (),
+    ) -> Any:
+        """Apply one edit (relation form, or a free ``prompt`` containing ``subject``)."""
+        from .editing import EditRequest
+        from .executor import PlannedEdit
+
+        if not target:
+            raise UsageError("an edit needs a non-empty target", "pass target=...")
+        paraphrases: list[str] = []
+        if prompt is None:
+            if relation is None:
+                raise UsageError("an edit needs a relation or a prompt", 'e.g. relation="located_in"')
+            rel = self.registry.relation(relation)
+            if rel is None:
+                from .errors import did_you_mean
+
+                raise UsageError(f"unknown relation `{relation}`", did_you_mean(relation, self.registry.relation_names()))
+            prompt = rel.prompt(subject)
+            paraphrases = rel.paraphrase_prompts(subject)
+        elif subject not in prompt:
+            raise UsageError(f"the subject {subject!r} does not occur in the prompt {prompt!r}")
+        self.registry.method(method)
+        req = EditRequest(subject=subject, prompt=prompt, target=target, old=old, relation=relation, paraphrases=paraphrases)
+        (report,) = self.executor.run([PlannedEdit(req, method, dict(params or {}), list(expect))])
+        self.reports.append(report)
+        return report
+
+    def generate(self, prompts: str | list[str], max_new_tokens: int = 20) -> str | list[str]:
+        from .model.generation import generate
+
+        single = isinstance(prompts, str)
+        out = generate(self.model, [prompts] if single else list(prompts), max_new_tokens=max_new_tokens)
+        return out[0] if single else out
+
+    def save(self, out_dir: str | Path) -> Path:
+        from .model.saving import save_model
+
+        return save_model(self.model, Path(out_dir), {"edits": [r.request.__dict__ for r in self.reports]})
