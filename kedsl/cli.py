@@ -38,6 +38,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `kedsl relations | head`: the reader left, not a bug
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
         except Exception:  # a bug: show it, with the distinct exit code
             import traceback
 
@@ -194,6 +200,24 @@ def apply(script: str, db: str | None, out: str | None, on_fail: str | None, see
         click.echo(f"saved the edited model to {report.saved_to} (fingerprint {report.fingerprint_after[:16]})")
     if report.failed_expectations:
         sys.exit(int(ExitCode.EXPECTATION_FAILED))
+
+
+@main.command()
+@click.argument("model")
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=20, show_default=True, help="Tokens to generate per prompt.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@handle_errors
+def generate(model: str, prompts: tuple[str, ...], max_new_tokens: int, dtype: str, device: str) -> None:
+    """Greedy continuations of PROMPTS from MODEL (an alias such as smollm2-135m, a local
+    directory, a .gguf file or a Hugging Face id), one `PROMPT -> continuation` line each."""
+    from .model.generation import generate as greedy
+    from .model.loading import load_model
+
+    loaded = load_model(model, {"dtype": dtype, "device": device})
+    for prompt, continuation in zip(prompts, greedy(loaded, list(prompts), max_new_tokens=max_new_tokens)):
+        click.echo(f"{prompt} -> {continuation}")
 
 
 if __name__ == "__main__":  # pragma: no cover
