@@ -217,7 +217,85 @@ def generate(model: str, prompts: tuple[str, ...], max_new_tokens: int, dtype: s
 
     loaded = load_model(model, {"dtype": dtype, "device": device})
     for prompt, continuation in zip(prompts, greedy(loaded, list(prompts), max_new_tokens=max_new_tokens)):
-        click.echo(f"{prompt} -> {continuation}")
+        # one line per prompt: show line breaks in the continuation as \n
+        click.echo(f"{prompt} -> {continuation}".replace("\n", "\\n"))
+
+
+def _read_script(path: str) -> str:
+    from .errors import UsageError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the diagnostics as a JSON list.")
+@handle_errors
+def check(files: tuple[str, ...], as_json: bool) -> None:
+    """Validate scripts without loading a model: syntax, names, parameters, expectations.
+
+    Exit status 0 when every script is valid, 2 when one is not.
+    """
+    from .lang import check_source
+    from .registry import get_registry
+
+    registry = get_registry()
+    all_diags: list[Any] = []
+    invalid = False
+    for path in files:
+        source = _read_script(path)
+        script, diags = check_source(source, path, registry)
+        all_diags.extend(diags)
+        errors = [d for d in diags if d.is_error]
+        invalid = invalid or script is None or bool(errors)
+        if as_json:
+            continue
+        for d in diags:
+            click.echo(d.render(source), err=True)
+        if script is not None and not errors:
+            n = len(script.edits())
+            click.echo(f"{path}: ok ({n} edit{'s' if n != 1 else ''})")
+        else:
+            click.echo(f"{path}: {len(errors)} error{'s' if len(errors) != 1 else ''}", err=True)
+    if as_json:
+        click.echo(json.dumps([d.to_dict() for d in all_diags], indent=2, ensure_ascii=False))
+    if invalid:
+        sys.exit(int(ExitCode.INVALID))
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--write", is_flag=True, help="Rewrite the file in place instead of printing.")
+@click.option("--check", "check_only", is_flag=True, help="Print nothing; exit 1 if the file is not formatted.")
+@handle_errors
+def fmt(file: str, write: bool, check_only: bool) -> None:
+    """Print a script in its canonical form (idempotent; comments are kept)."""
+    from .lang import ScriptError, format_script, parse
+
+    source = _read_script(file)
+    try:
+        script = parse(source, file)
+    except ScriptError as exc:
+        click.echo(exc.render(), err=True)
+        sys.exit(int(ExitCode.INVALID))
+    formatted = format_script(script)
+    if check_only:
+        if formatted != source:
+            click.echo(f"{file}: would reformat", err=True)
+            sys.exit(1)
+        return
+    if write:
+        if formatted != source:
+            with open(file, "w", encoding="utf-8") as f:
+                f.write(formatted)
+        return
+    click.echo(formatted, nl=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

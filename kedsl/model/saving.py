@@ -1,0 +1,121 @@
+"""Saving an edited model as a plain Hugging Face directory, atomically.
+
+The directory loads with ``AutoModelForCausalLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained``; ``kedsl.json`` next to the weights records where it
+came from. Everything is written into a temporary sibling, flushed to disk and renamed
+into place, so ``out_dir`` is at every moment either the old content or the complete new
+one, never a half-written mix.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from .handle import LoadedModel
+
+log = logging.getLogger(__name__)
+
+#: The marker file of a kedsl output directory (only those are replaced on re-save).
+MARKER = "kedsl.json"
+FORMAT = "kedsl-model/1"
+
+
+def save_model(model: LoadedModel, out_dir: str | os.PathLike[str], provenance: dict[str, Any]) -> Path:
+    """Write ``model`` (safetensors weights, config, tokenizer, ``kedsl.json``) to ``out_dir``.
+
+    An existing ``out_dir`` from an earlier kedsl save is replaced atomically; an empty
+    directory is filled; any other non-empty directory is refused. Returns the path.
+    """
+    from .. import __version__
+
+    out = Path(out_dir).expanduser().absolute()
+    _check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        _chmod_like_mkdir(tmp)  # mkdtemp makes it private; the output is an ordinary folder
+        log.info("saving model to %s", out)
+        model.model.save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp)
+        record = {
+            "format": FORMAT,
+            "kedsl_version": __version__,
+            "fingerprint": model.fingerprint(),
+            "base": {"ref": model.ref, "source": model.source},
+            "provenance": provenance,
+        }
+        (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        fsync_tree(tmp)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(out.parent)
+    log.info("saved model to %s", out)
+    return out
+
+
+def _chmod_like_mkdir(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
+def _check_target(out: Path) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UsageError(f"`{out}` exists and is not a directory", "choose another output path")
+    if (out / MARKER).is_file() or not any(out.iterdir()):
+        return
+    raise UsageError(
+        f"`{out}` is a non-empty directory that kedsl did not write (it has no {MARKER})",
+        "choose a new or empty output directory; kedsl only replaces its own earlier outputs",
+    )
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    # Move the old output aside (one rename), put the new one in (one rename), then delete
+    # the old; if the second rename fails the old one is put back.
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    os.rmdir(old)
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` and the directories themselves to disk, so that a
+    rename that follows publishes complete content even after a crash."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can fsync a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
