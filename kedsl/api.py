@@ -51,9 +51,8 @@ def load_checked(path: str | Path, registry: Registry | None = None) -> ast.Scri
     registry = registry or get_registry()
     source = read_script(path)
     script, diagnostics = check_source(source, str(path), registry)
-    errors = [d for d in diagnostics if d.severity == "error"]
-    if errors or script is None:
-        raise ScriptError(diagnostics, source=source, filename=str(path))
+    if script is None or any(d.is_error for d in diagnostics):
+        raise ScriptError(diagnostics, source=source)
     return script
 
 
@@ -75,7 +74,7 @@ def plan(script: ast.Script, registry: Registry | None = None) -> list[Any]:
                     target=e.target or "",
                     old=e.old,
                     kind=e.kind,
-                    relation=r.relation,
+                    relation=r.relation_id,
                     paraphrases=list(r.paraphrases),
                 ),
                 method=r.method,
@@ -89,6 +88,7 @@ def plan(script: ast.Script, registry: Registry | None = None) -> list[Any]:
 
 
 def script_on_fail(script: ast.Script) -> str | None:
+    """The script's own `on_fail` policy, or None when it states none."""
     return next((s.policy for s in script.statements if isinstance(s, ast.OnFailStmt)), None)
 
 

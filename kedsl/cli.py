@@ -29,6 +29,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except KedslError as exc:
+            render = getattr(exc, "render", None)
+            if render is not None:  # script diagnostics: every error, with source line and caret
+                click.echo(render(), err=True)
+                sys.exit(int(exc.exit_code))
             click.echo(f"error: {exc.message}", err=True)
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)

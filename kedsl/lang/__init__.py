@@ -1,1 +1,69 @@
-"""The kedsl edit language: grammar, AST, parser, checker, formatter (torch-free)."""
+"""The kedsl edit language: grammar, AST, parser, checker, formatter (torch-free).
+
+Public API::
+
+    parse(source, filename) -> Script                      # raises ScriptError
+    check_source(source, filename, registry) -> (Script | None, [Diagnostic])
+    check(script, registry) -> [Diagnostic]
+    format_script(script) -> str
+    resolve_edits(script, registry) -> [ResolvedEdit]      # raises ScriptError
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .ast import Script
+from .checker import (
+    DEFAULT_ON_FAIL,
+    KEDSL_OUTPUT_MARKER,
+    ON_FAIL_POLICIES,
+    ResolvedEdit,
+    call_params,
+    check,
+    on_fail_policy,
+    resolve_edits,
+)
+from .diagnostics import ERROR, WARNING, Diagnostic, ScriptError, render_all
+from .fmt import format_script
+from .parser import parse, parse_with_diagnostics
+
+__all__ = [
+    "DEFAULT_ON_FAIL",
+    "Diagnostic",
+    "ERROR",
+    "KEDSL_OUTPUT_MARKER",
+    "ON_FAIL_POLICIES",
+    "ResolvedEdit",
+    "Script",
+    "ScriptError",
+    "WARNING",
+    "call_params",
+    "check",
+    "check_source",
+    "format_script",
+    "on_fail_policy",
+    "parse",
+    "parse_with_diagnostics",
+    "render_all",
+    "resolve_edits",
+]
+
+
+def check_source(
+    source: str,
+    filename: str = "<script>",
+    registry: Any = None,
+    base_dir: "str | os.PathLike[str] | None" = None,
+) -> tuple[Script | None, list[Diagnostic]]:
+    """Parse and check ``source``. The script is None if it does not parse; the
+    diagnostics are every syntax error, or else every check error and warning.
+    ``registry`` defaults to the installed plugins."""
+    script, diags = parse_with_diagnostics(source, filename)
+    if script is None:
+        return None, diags
+    if registry is None:
+        from ..registry import get_registry
+
+        registry = get_registry()
+    return script, check(script, registry, base_dir)

@@ -75,6 +75,8 @@ class Expect:
     op: str | None = None  # one of ">=", ">", "<=", "<", "=="
     threshold: float | None = None
     pos: Pos = field(default=NOPOS, compare=False)
+    metric_pos: Pos = field(default=NOPOS, compare=False)
+    op_pos: Pos = field(default=NOPOS, compare=False)
 
 
 @dataclass
@@ -97,11 +99,14 @@ class Edit:
     pos: Pos = field(default=NOPOS, compare=False)
     subject_pos: Pos = field(default=NOPOS, compare=False)
     target_pos: Pos = field(default=NOPOS, compare=False)
+    relation_pos: Pos = field(default=NOPOS, compare=False)
+    prompt_pos: Pos = field(default=NOPOS, compare=False)
+    old_pos: Pos = field(default=NOPOS, compare=False)
 
 
 @dataclass
 class ModelStmt:
-    """``model "ref" (dtype="float32", device="cpu");``"""
+    """``model "ref" with dtype="float32", device="cpu";``"""
 
     ref: str
     settings: list[Arg] = field(default_factory=list)
@@ -116,7 +121,9 @@ class RelationStmt:
     template: str
     paraphrases: list[str] = field(default_factory=list)
     pos: Pos = field(default=NOPOS, compare=False)
+    name_pos: Pos = field(default=NOPOS, compare=False)
     template_pos: Pos = field(default=NOPOS, compare=False)
+    paraphrase_pos: list[Pos] = field(default_factory=list, compare=False, repr=False)
 
 
 @dataclass
@@ -133,6 +140,7 @@ class OnFailStmt:
 
     policy: str
     pos: Pos = field(default=NOPOS, compare=False)
+    policy_pos: Pos = field(default=NOPOS, compare=False)
 
 
 @dataclass
@@ -142,6 +150,7 @@ class Batch:
     using: MethodCall | None
     edits: list[Edit] = field(default_factory=list)
     pos: Pos = field(default=NOPOS, compare=False)
+    lbrace_pos: Pos = field(default=NOPOS, compare=False)
 
 
 @dataclass
@@ -151,6 +160,17 @@ class SaveStmt:
     path: str
     mode: str | None = None
     pos: Pos = field(default=NOPOS, compare=False)
+    path_pos: Pos = field(default=NOPOS, compare=False)
+    mode_pos: Pos = field(default=NOPOS, compare=False)
+
+
+@dataclass
+class Comment:
+    """A ``#`` comment, kept so that ``fmt`` does not lose it (not part of the tree)."""
+
+    text: str  # including the leading "#"
+    line: int
+    col: int
 
 
 Statement = Union[ModelStmt, RelationStmt, UseStmt, OnFailStmt, Edit, Batch, SaveStmt]
@@ -161,6 +181,7 @@ class Script:
     statements: list[Statement] = field(default_factory=list)
     filename: str = field(default="<script>", compare=False)
     source: str = field(default="", compare=False, repr=False)
+    comments: list[Comment] = field(default_factory=list, compare=False, repr=False)
 
     # Convenience views used by the checker and the executor.
     @property

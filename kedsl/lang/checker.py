@@ -1,0 +1,376 @@
+"""Check a parsed script against the plugin registry, and resolve it for the executor.
+
+:func:`check` reports every problem it finds (not just the first) as diagnostics;
+:func:`resolve_edits` turns a valid script into what the executor needs for each edit.
+Nothing here imports torch: the registry holds torch-free descriptors only.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import did_you_mean
+from ..params import validate_params
+from ..specs import MethodSpec, Relation
+from .ast import Batch, Edit, Ident, MethodCall, ModelStmt, OnFailStmt, Pos, RelationStmt, SaveStmt, Script, UseStmt
+from .diagnostics import ERROR, WARNING, Diagnostic, ScriptError, diag_at, sort_key
+
+ON_FAIL_POLICIES = ("rollback", "keep", "abort")
+DEFAULT_ON_FAIL = "rollback"
+SAVE_MODES = ("merged", "adapter")
+# A directory holding this file is a previous kedsl output, which `save to` may replace.
+KEDSL_OUTPUT_MARKER = "kedsl.json"
+# Model settings the model sources understand. Others are a warning, not an error: a
+# third-party model source may accept more.
+MODEL_SETTINGS = {
+    "dtype": ("float32", "float16", "bfloat16", "auto"),
+    "device": None,
+    "device_map": None,
+    "revision": None,
+    "trust_remote_code": None,
+}
+
+
+def _plain(value: Any) -> Any:
+    """Script values as parameters: a bare identifier is its name (``layer=auto``)."""
+    if isinstance(value, Ident):
+        return value.name
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def call_params(call: MethodCall) -> dict[str, Any]:
+    """The parameters given in ``using METHOD(k=v, ...)`` as plain values."""
+    return {a.name: _plain(a.value) for a in call.args}
+
+
+def _name_pos(call: MethodCall) -> Pos:
+    p = call.pos
+    return Pos(p.line, p.col, p.line, p.col + len(call.name))
+
+
+def _first_line(p: Pos) -> Pos:
+    return p if p.end_line == p.line else Pos(p.line, p.col, p.line, 10**6)
+
+
+class _Checker:
+    def __init__(self, script: Script, registry: Any, base_dir: str | os.PathLike[str] | None):
+        self.script = script
+        self.registry = registry
+        self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+        self.diags: list[Diagnostic] = []
+        self.relations: dict[str, RelationStmt] = {}
+        self.checked_calls: dict[int, MethodSpec | None] = {}
+        self.seen_edits: dict[tuple[str, str, str], Edit] = {}
+
+    def err(self, pos: Pos, message: str, code: str, hint: str | None = None, severity: str = ERROR) -> None:
+        self.diags.append(diag_at(pos, message, code, hint, severity, self.script.filename))
+
+    # -- whole script -------------------------------------------------------------
+    def run(self) -> list[Diagnostic]:
+        stmts = self.script.statements
+        self.check_singletons(stmts)
+        for s in stmts:
+            if isinstance(s, RelationStmt):
+                self.check_relation(s)
+        default: MethodCall | None = None
+        for s in stmts:
+            if isinstance(s, UseStmt):
+                self.method_spec(s.method)
+                default = s.method
+            elif isinstance(s, Edit):
+                self.check_edit(s, s.using or default)
+            elif isinstance(s, Batch):
+                self.check_batch(s, default)
+        return sorted(self.diags, key=sort_key)
+
+    def check_singletons(self, stmts: list[Any]) -> None:
+        models = [s for s in stmts if isinstance(s, ModelStmt)]
+        if not models:
+            self.err(Pos(1, 1, 1, 2), "the script has no `model` statement", "missing-model",
+                     'say which model to edit, e.g. `model "smollm2-135m";`')
+        for extra in models[1:]:
+            self.err(_first_line(extra.pos), "a script has exactly one `model` statement", "multiple-models",
+                     f"the model is already given on line {models[0].pos.line}")
+        for m in models:
+            self.check_model(m)
+        saves = [s for s in stmts if isinstance(s, SaveStmt)]
+        for extra in saves[1:]:
+            self.err(_first_line(extra.pos), "a script saves its result at most once", "multiple-saves",
+                     f"the output is already saved on line {saves[0].pos.line}")
+        for s in saves:
+            self.check_save(s)
+        policies = [s for s in stmts if isinstance(s, OnFailStmt)]
+        for extra in policies[1:]:
+            self.err(_first_line(extra.pos), "a script has at most one `on_fail` statement", "multiple-on-fail",
+                     f"`on_fail` is already set on line {policies[0].pos.line}")
+        for p in policies:
+            if p.policy not in ON_FAIL_POLICIES:
+                self.err(p.policy_pos, f"unknown on_fail policy `{p.policy}`", "unknown-on-fail",
+                         did_you_mean(p.policy, ON_FAIL_POLICIES) or "one of: " + ", ".join(ON_FAIL_POLICIES))
+
+    def check_model(self, m: ModelStmt) -> None:
+        if not m.ref.strip():
+            self.err(_first_line(m.pos), "empty model reference", "empty-model",
+                     "an alias (see `kedsl plugins`), a Hugging Face id, a local directory or a .gguf file")
+        seen: set[str] = set()
+        for a in m.settings:
+            if a.name in seen:
+                self.err(a.pos, f"model setting `{a.name}` is given twice", "duplicate-setting")
+            seen.add(a.name)
+            if a.name not in MODEL_SETTINGS:
+                self.err(a.pos, f"unknown model setting `{a.name}`", "unknown-model-setting",
+                         did_you_mean(a.name, list(MODEL_SETTINGS)) or "known: " + ", ".join(MODEL_SETTINGS),
+                         severity=WARNING)
+                continue
+            choices = MODEL_SETTINGS[a.name]
+            value = _plain(a.value)
+            if choices is not None and value not in choices:
+                self.err(a.pos, f"model setting `{a.name}` must be one of {', '.join(choices)}", "bad-model-setting",
+                         did_you_mean(str(value), choices) if isinstance(value, str) else None)
+
+    def check_save(self, s: SaveStmt) -> None:
+        if s.mode is not None and s.mode not in SAVE_MODES:
+            self.err(s.mode_pos, f"unknown save mode `{s.mode}`", "unknown-save-mode",
+                     did_you_mean(s.mode, SAVE_MODES) or "one of: " + ", ".join(SAVE_MODES))
+        if not s.path.strip():
+            self.err(s.path_pos, "empty output directory", "empty-save-path", 'write e.g. `save to "out/edited";`')
+            return
+        target = Path(s.path).expanduser()
+        if not target.is_absolute():
+            target = self.base_dir / target
+        if target.exists() and not target.is_dir():
+            self.err(s.path_pos, f"`{s.path}` exists and is not a directory", "save-target-exists",
+                     "choose a new directory name")
+        elif target.is_dir() and any(target.iterdir()) and not (target / KEDSL_OUTPUT_MARKER).is_file():
+            self.err(s.path_pos, f"`{s.path}` is a non-empty directory that is not a kedsl output", "save-target-exists",
+                     f"kedsl only replaces directories it wrote (they hold {KEDSL_OUTPUT_MARKER}); choose a new directory")
+
+    # -- relations ----------------------------------------------------------------
+    def check_relation(self, r: RelationStmt) -> None:
+        if r.name in self.relations:
+            self.err(r.name_pos, f"relation `{r.name}` is defined twice", "duplicate-relation",
+                     f"first defined on line {self.relations[r.name].pos.line}")
+        else:
+            self.relations[r.name] = r
+        pairs = [(r.template, r.template_pos, "template")] + [
+            (t, p, "paraphrase") for t, p in zip(r.paraphrases, r.paraphrase_pos or [r.template_pos] * len(r.paraphrases))
+        ]
+        for text, pos, what in pairs:
+            n = text.count("{}")
+            if n == 0:
+                self.err(pos, f"relation {what} has no `{{}}` for the subject", "template-without-subject",
+                         f'write where the subject goes, e.g. "{{}} {text.strip() or "is located in"}"')
+            elif n > 1:
+                self.err(pos, f"relation {what} has {n} `{{}}`; it takes exactly one, for the subject",
+                         "template-many-subjects")
+
+    def resolve_relation(self, name: str) -> Relation | None:
+        r = self.relations.get(name)
+        if r is not None:
+            return Relation(id=r.name, template=r.template, paraphrases=tuple(r.paraphrases))
+        return self.registry.relation(name)
+
+    # -- methods ------------------------------------------------------------------
+    def method_spec(self, call: MethodCall) -> MethodSpec | None:
+        """Validate a method call once (the same call object may serve many edits)."""
+        key = id(call)
+        if key in self.checked_calls:
+            return self.checked_calls[key]
+        spec = self.registry.methods.get(call.name)
+        self.checked_calls[key] = spec
+        if spec is None:
+            self.err(_name_pos(call), f"unknown method `{call.name}`", "unknown-method",
+                     did_you_mean(call.name, list(self.registry.methods))
+                     or "installed methods: " + (", ".join(sorted(self.registry.methods)) or "none"))
+            return None
+        seen: set[str] = set()
+        args_by_name = {}
+        for a in call.args:
+            if a.name in seen:
+                self.err(a.pos, f"parameter `{a.name}` is given twice", "duplicate-parameter")
+            seen.add(a.name)
+            args_by_name[a.name] = a
+        for name, message, hint in validate_params(spec.params, call_params(call)):
+            code = "unknown-parameter" if message.startswith("unknown parameter") else "bad-parameter"
+            self.err(args_by_name[name].pos, message, code, hint)
+        return spec
+
+    # -- edits --------------------------------------------------------------------
+    def check_batch(self, b: Batch, default: MethodCall | None) -> None:
+        call = b.using or default
+        header = Pos(b.pos.line, b.pos.col, b.pos.line, b.pos.col + len("batch"))
+        if not b.edits:
+            self.err(header, "empty batch", "empty-batch", "put edits between `{` and `}`, or remove the batch")
+        if call is None:
+            self.err(header, "this batch has no method", "no-method",
+                     "write `batch using memit { ... }` or put a `use METHOD;` statement before it")
+        else:
+            spec = self.method_spec(call)
+            if spec is not None and not spec.supports_batch:
+                batchable = sorted(n for n, m in self.registry.methods.items() if m.supports_batch)
+                self.err(_name_pos(call), f"method `{call.name}` does not support batches", "no-batch-support",
+                         ("methods that do: " + ", ".join(batchable)) if batchable else
+                         "apply these edits one by one, outside a batch")
+        for e in b.edits:
+            if e.using is not None and (call is None or e.using.name != call.name):
+                self.err(_name_pos(e.using), "an edit in a batch uses the batch's method", "using-in-batch",
+                         "move the `using` clause to the batch: `batch using METHOD { ... }`")
+            self.check_edit(e, call, in_batch=True)
+
+    def check_edit(self, e: Edit, call: MethodCall | None, in_batch: bool = False) -> None:
+        head = _first_line(e.pos)
+        if call is None and not in_batch:  # a batch without a method is reported once
+            self.err(Pos(head.line, head.col, head.line, head.col + len(e.kind)), f"this {e.kind} has no method",
+                     "no-method", "add `using METHOD` (e.g. `using rome`) or put a `use METHOD;` statement before it")
+        elif call is not None and not in_batch:
+            self.method_spec(call)
+        if not e.subject.strip():
+            self.err(e.subject_pos, "empty subject", "empty-subject")
+        key_relation: str
+        if e.prompt is not None:
+            key_relation = "prompt:" + e.prompt
+            if not e.prompt.strip():
+                self.err(e.prompt_pos, "empty prompt", "empty-prompt")
+            elif e.subject.strip() and e.subject not in e.prompt:
+                self.err(e.subject_pos, f'subject "{e.subject}" does not occur in the prompt', "subject-not-in-prompt",
+                         "the subject must be written in the prompt exactly as here (case and spaces included)")
+        else:
+            assert e.relation is not None
+            rel = self.resolve_relation(e.relation)
+            if rel is None:
+                names = list(self.relations) + self.registry.relation_names()
+                self.err(e.relation_pos, f"unknown relation `{e.relation}`", "unknown-relation",
+                         did_you_mean(e.relation, names)
+                         or "define it with `relation NAME \"template with {}\";` or see `kedsl plugins`")
+                key_relation = "relation:" + e.relation
+            else:
+                key_relation = "relation:" + rel.id
+        if e.kind in ("edit", "insert"):
+            assert e.target is not None
+            if not e.target.strip():
+                self.err(e.target_pos, "empty target", "empty-target", "write the new answer after `->`")
+            elif e.old is not None and e.target.strip() == e.old.strip():
+                self.err(e.target_pos, "the new target is the same as the old one", "target-equals-old",
+                         "an edit must change the answer; drop the edit or fix one of the targets")
+        if e.old is not None and not e.old.strip():
+            self.err(e.old_pos, "empty old target", "empty-old", "write the current answer after `from`")
+        self.check_duplicate(e, key_relation)
+        for ex in e.expects:
+            self.check_expect(ex)
+
+    def check_duplicate(self, e: Edit, key_relation: str) -> None:
+        key = (key_relation, e.subject, "")
+        first = self.seen_edits.get(key)
+        if first is None:
+            self.seen_edits[key] = e
+            return
+        what = f'"{e.subject}" ' + (f"`{e.relation}`" if e.relation else "with this prompt")
+        same = (first.kind, first.target, first.old) == (e.kind, e.target, e.old)
+        if same:
+            self.err(_first_line(e.pos), f"duplicate edit of {what}", "duplicate-edit",
+                     f"the same edit is on line {first.pos.line}; remove one")
+        else:
+            was = f'"{first.target}"' if first.target is not None else "erased"
+            self.err(e.target_pos if e.target is not None else _first_line(e.pos),
+                     f"contradicting edits of {what}", "contradicting-edit",
+                     f"line {first.pos.line} already sets it to {was}; keep one of them")
+
+    def check_expect(self, ex: Any) -> None:
+        spec = self.registry.metrics.get(ex.metric)
+        if spec is None:
+            self.err(ex.metric_pos, f"unknown metric `{ex.metric}`", "unknown-metric",
+                     did_you_mean(ex.metric, list(self.registry.metrics))
+                     or "installed metrics: " + (", ".join(sorted(self.registry.metrics)) or "none"))
+        else:
+            form = spec.prompt_form
+            for p in ex.prompts:
+                given = "unchanged" if p.unchanged else "answer"
+                if form == "none":
+                    self.err(p.pos, f"metric `{ex.metric}` takes no prompts", "prompt-form",
+                             f"write `expect {ex.metric}` with an optional comparison only")
+                    break
+                if form in ("answer", "unchanged") and given != form:
+                    shown = '"PROMPT" -> "ANSWER"' if form == "answer" else '"PROMPT" unchanged'
+                    self.err(p.pos, f"metric `{ex.metric}` takes prompts written {shown}", "prompt-form")
+        if ex.op is not None and ex.threshold is None:
+            self.err(ex.op_pos, f"`{ex.op}` needs a number after it", "missing-threshold",
+                     f"write e.g. `expect {ex.metric} {ex.op} 0.9`")
+
+
+def check(script: Script, registry: Any, base_dir: str | os.PathLike[str] | None = None) -> list[Diagnostic]:
+    """Every problem in ``script`` (resolved against ``registry``), sorted by position.
+
+    Relative ``save to`` paths are resolved against ``base_dir`` (default: the current
+    working directory, which is where ``apply`` writes).
+    """
+    return _Checker(script, registry, base_dir).run()
+
+
+# -- what the executor needs ---------------------------------------------------------
+
+
+@dataclass
+class ResolvedEdit:
+    """One edit of a checked script, with every name resolved."""
+
+    edit: Edit
+    prompt: str  # the relation template with the subject substituted, or the free prompt
+    paraphrases: list[str]  # paraphrase prompts (relation form only)
+    relation_id: str | None  # None for a free prompt
+    relation: Relation | None
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)  # as given (defaults not filled in)
+    batch: int | None = None  # index of the batch among the script's batches
+    on_fail: str = DEFAULT_ON_FAIL
+
+
+def on_fail_policy(script: Script) -> str:
+    return next((s.policy for s in script.statements if isinstance(s, OnFailStmt)), DEFAULT_ON_FAIL)
+
+
+def resolve_edits(script: Script, registry: Any, base_dir: str | os.PathLike[str] | None = None) -> list[ResolvedEdit]:
+    """Resolve every edit of ``script``; raise :class:`ScriptError` if it does not check."""
+    diags = check(script, registry, base_dir)
+    if any(d.is_error for d in diags):
+        raise ScriptError(diags, script.source or None)
+    relations = {s.name: s for s in script.statements if isinstance(s, RelationStmt)}
+    policy = on_fail_policy(script)
+
+    def relation_of(name: str) -> Relation:
+        r = relations.get(name)
+        if r is not None:
+            return Relation(id=r.name, template=r.template, paraphrases=tuple(r.paraphrases))
+        found = registry.relation(name)
+        assert found is not None, name  # check() reported unknown relations
+        return found
+
+    def one(e: Edit, call: MethodCall, batch: int | None) -> ResolvedEdit:
+        if e.prompt is not None:
+            return ResolvedEdit(e, e.prompt, [], None, None, call.name, call_params(call), batch, policy)
+        assert e.relation is not None
+        rel = relation_of(e.relation)
+        return ResolvedEdit(
+            e, rel.prompt(e.subject), rel.paraphrase_prompts(e.subject), rel.id, rel,
+            call.name, call_params(call), batch, policy,
+        )
+
+    out: list[ResolvedEdit] = []
+    default: MethodCall | None = None
+    batch_index = 0
+    for s in script.statements:
+        if isinstance(s, UseStmt):
+            default = s.method
+        elif isinstance(s, Edit):
+            call = s.using or default
+            assert call is not None
+            out.append(one(s, call, None))
+        elif isinstance(s, Batch):
+            call = s.using or default
+            assert call is not None
+            out.extend(one(e, call, batch_index) for e in s.edits)
+            batch_index += 1
+    return out
