@@ -109,11 +109,13 @@ def apply(
     registry: Registry | None = None,
     reporter: Any = None,
     argv: list[str] | None = None,
+    record: dict[str, Any] | None = None,
 ) -> Any:
     """Run a script end to end (check, load, edit, expect, save, record); return a RunReport.
 
     ``model`` may be an already loaded :class:`kedsl.model.LoadedModel` (skips loading).
-    Relative ``save to`` paths are resolved against the current directory.
+    Relative ``save to`` paths are resolved against the current directory. ``record``
+    adds fields to the run's record (``kind``, ``replay_of``: see :mod:`kedsl.audit`).
     """
     from .executor import Executor, RunReport, versions
     from .model.loading import load_model
@@ -124,29 +126,41 @@ def apply(
     script = load_checked(script_path, registry)
     planned = plan(script, registry)
     policy = on_fail or script_on_fail(script) or "rollback"
-    if model is None:
-        stmt = script.model
-        assert stmt is not None, "the checker guarantees a model statement"
-        model = load_model(stmt.ref, model_settings(stmt), registry)
-    save_to = Path(out) if out is not None else (Path(script.save.path) if script.save else None)
-
+    # The database first: a locked, corrupt or foreign one fails before the model loads.
     store = Store.open(db if db is not None else default_db_path())
+    try:
+        if model is None:
+            stmt = script.model
+            assert stmt is not None, "the checker guarantees a model statement"
+            model = load_model(stmt.ref, model_settings(stmt), registry)
+    except BaseException:
+        store.close()
+        raise
+    save_to = Path(out) if out is not None else (Path(script.save.path) if script.save else None)
+    if save_to is not None:
+        save_to = save_to.expanduser().absolute()
+
     source = read_script(script_path)
     import hashlib
 
     fp_before = model.fingerprint()
     run_id = store.begin_run(
-        script_path=str(script_path),
+        script_path=str(Path(script_path).absolute()),
         script_text=source,
         script_sha256=hashlib.sha256(source.encode()).hexdigest(),
         argv=argv if argv is not None else sys.argv,
+        cwd=os.getcwd(),
         versions=versions(registry),
         seed=seed,
+        on_fail=policy,
         model_ref=model.ref,
         model_source=model.source,
+        model_path=model.meta.get("path"),
         fingerprint_before=fp_before,
+        **(record or {}),
     )
     status = "failed"
+    error: str | None = None
     try:
         executor = Executor(model, registry, on_fail=policy, seed=seed, store=store, run_id=run_id, reporter=reporter)
         reports = executor.run(planned)
@@ -157,11 +171,19 @@ def apply(
             report.status = "expectations_failed"
         report.fingerprint_after = model.fingerprint()
         if save_to is not None:
+            # Log the save before it happens: a crash mid-save leaves a log that says what
+            # the directory should hold, and the saved files name the log entry (anchor).
+            head = store.record_saving(run_id, save_to, report.fingerprint_after)
             provenance = {
                 "run_id": run_id,
+                "kind": (record or {}).get("kind", "apply"),
                 "script": str(script_path),
+                "script_sha256": hashlib.sha256(source.encode()).hexdigest(),
                 "base_model": model.ref,
                 "fingerprint_before": fp_before,
+                "parent_run": (store.run(run_id) or {}).get("parent_run"),
+                "database": str(store.path.absolute()),
+                "log_head": {"event": head["count"], "hash": head["hash"]},
                 "edits": [
                     {
                         "id": r.edit_id,
@@ -170,6 +192,7 @@ def apply(
                         "target": r.request.target,
                         "method": r.method,
                         "status": r.status,
+                        "params": r.params,
                         "expectations": [x.as_record() for x in r.expectations],
                     }
                     for r in reports
@@ -178,14 +201,23 @@ def apply(
             report.saved_to = save_model(model, save_to, provenance)
         status = report.status
         return report
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user"
+        raise
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
-        store.end_run(
-            run_id,
-            status,
-            fingerprint_after=model.fingerprint() if status != "failed" else None,
-            saved_to=str(save_to) if save_to is not None and status != "failed" else None,
-        )
-        store.close()
+        try:
+            store.end_run(
+                run_id,
+                status,
+                fingerprint_after=model.fingerprint() if status not in ("failed", "interrupted") else None,
+                saved_to=str(save_to) if save_to is not None and status not in ("failed", "interrupted") else None,
+                error=error,
+            )
+        finally:
+            store.close()
 
 
 class Editor:

@@ -302,5 +302,215 @@ def fmt(file: str, write: bool, check_only: bool) -> None:
     click.echo(formatted, nl=False)
 
 
+# -- audit: verify, log, show, revert, replay, export ---------------------------------------
+_DB_HELP = "Provenance database (default: $KEDSL_DB, else ./kedsl.db, else the one the model's kedsl.json names)."
+
+
+def _audit_db_path(db: str | None, model_dir: str | None = None) -> str:
+    """--db, else $KEDSL_DB, else ./kedsl.db; when neither exists, the database a model
+    directory's kedsl.json names (so `kedsl verify --model out/x` works from anywhere)."""
+    import os
+
+    if db:
+        return db
+    default = os.environ.get("KEDSL_DB", "kedsl.db")
+    if os.path.exists(default) or model_dir is None:
+        return default
+    from .audit import read_model_record
+
+    named = ((read_model_record(model_dir) or {}).get("provenance") or {}).get("database")
+    if named and os.path.exists(named):
+        click.echo(f"using the database {named} named in {model_dir}/kedsl.json", err=True)
+        return named
+    return default
+
+
+@main.command()
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              help="Also recompute this saved model's fingerprint and compare it with the log's.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def verify(db: str | None, model_dir: str | None, as_json: bool) -> None:
+    """Check the audit log: hash chain, anchor, tables against the log, outcome blobs;
+    with --model, that the directory's weights are what the log says.
+
+    Exit status 0 when everything holds, 1 when something does not (the first broken
+    event row is named), 5 when the database cannot be read.
+    """
+    from .audit import open_for_reading, verify_log, verify_model
+
+    with open_for_reading(_audit_db_path(db, model_dir)) as store:
+        result = verify_log(store)
+        if model_dir is not None and result.ok:
+            verify_model(store, model_dir, result)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        for f in result.findings:
+            click.echo(f"{'FAIL' if f.level == 'error' else 'note'}: {f.message}")
+        if result.ok:
+            head = result.head or {}
+            click.echo(f"ok: {result.events} events, hash chain intact, tables match the log"
+                       + (f"; head {head.get('hash')}" if head else ""))
+            if result.model:
+                m = result.model
+                click.echo(f"ok: {m['path']} has fingerprint {m['actual']}, as run {m['run_id']} saved it")
+        else:
+            where = result.first_broken_event
+            click.echo("verification FAILED" + (f" at event {where}" if where else ""), err=True)
+    if not result.ok:
+        sys.exit(int(ExitCode.EXPECTATION_FAILED))
+
+
+def _print_run(run: dict[str, Any], indent: str = "") -> None:
+    kind = run.get("kind") or "apply"
+    extra = ""
+    if run.get("reverts_edit"):
+        extra = f" reverts {run['reverts_edit']}"
+    elif run.get("replay_of"):
+        extra = f" replays {run['replay_of']}"
+    from .audit import _when
+
+    click.echo(f"{indent}{run['id']}  {kind}{extra}  {run['status']}  {_when(run['started'])}  "
+               f"{run['user']}@{run['host']}")
+    if run.get("script_path"):
+        click.echo(f"{indent}  script  {run['script_path']} (sha256 {str(run.get('script_sha256'))[:16]})")
+    click.echo(f"{indent}  model   {run.get('model_ref')}  {str(run.get('fingerprint_before'))[:16]} -> "
+               f"{str(run.get('fingerprint_after'))[:16]}" + (f"  saved to {run['saved_to']}" if run.get("saved_to") else ""))
+    if run.get("parent_run"):
+        click.echo(f"{indent}  from    {run['parent_run']}")
+    for e in run.get("edits", []):
+        req = e.get("request") or {}
+        metrics = ", ".join(
+            f"{m['metric']}={'n/a' if m['value'] is None else format(m['value'], '.3g')}{'' if m['passed'] else ' FAIL'}"
+            for m in e.get("metrics", [])
+        )
+        click.echo(f"{indent}  {e['id']}  {e['status']:<11} {e['method']:<8} {e['subject']!r} -> {req.get('target', '')!r}"
+                   + (f"  [{metrics}]" if metrics else ""))
+
+
+@main.command(name="log")
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              help="Only the runs that made this saved model (its lineage across runs).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def log_(db: str | None, model_dir: str | None, as_json: bool) -> None:
+    """The history of runs and edits, newest first (of one model with --model)."""
+    from .audit import lineage, open_for_reading
+
+    with open_for_reading(_audit_db_path(db, model_dir)) as store:
+        runs = lineage(store, model_dir)
+    if as_json:
+        click.echo(json.dumps(runs, indent=2, default=str))
+        return
+    if not runs:
+        click.echo("no runs recorded yet")
+    for run in runs:
+        _print_run(run)
+        click.echo("")
+
+
+@main.command()
+@click.argument("ident")
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def show(ident: str, db: str | None, as_json: bool) -> None:
+    """Show one run or edit (IDENT, or a unique prefix of it) in full."""
+    from .audit import open_for_reading
+    from .audit import show as show_record
+
+    with open_for_reading(_audit_db_path(db)) as store:
+        rec = show_record(store, ident)
+    if as_json:
+        click.echo(json.dumps(rec, indent=2, default=str))
+        return
+    for key, value in rec.items():
+        if key in ("edits", "events", "metrics", "script_text"):
+            continue
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, default=str)
+        click.echo(f"{key:<20} {value}")
+    for m in rec.get("metrics", []):
+        thr = "reported" if m["op"] is None else f"{m['op']} {m['threshold']}"
+        click.echo(f"metric               {m['metric']} = {m['value']} ({thr}) {'pass' if m['passed'] else 'FAIL'}")
+    if rec.get("script_text"):
+        click.echo("script:\n" + "\n".join("    " + line for line in rec["script_text"].splitlines()))
+    if rec.get("edits"):
+        click.echo("edits:")
+        _print_run({**rec, "edits": rec["edits"]}, indent="  ")
+    for ev in rec.get("events", []):
+        click.echo(f"event {ev['id']:<6} {ev['kind']:<12} {ev['hash']}")
+
+
+@main.command()
+@click.argument("edit_id")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, exists=True), required=True,
+              help="The saved model to remove the edit from.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Where to save the reverted model.")
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
+@click.option("--force", is_flag=True, help="Subtract the edit even if the log does not place it in the model's history.")
+@handle_errors
+def revert(edit_id: str, model_dir: str, out: str, db: str | None, force: bool) -> None:
+    """Remove exactly one edit from a saved model (later edits are kept); record it as a run."""
+    from .audit import revert as revert_edit
+    from .store import Store
+
+    with Store.open(_audit_db_path(db, model_dir), create=False) as store:
+        res = revert_edit(store, edit_id, model_dir, out, force=force, argv=sys.argv)
+    for name, mode in sorted(res["modes"].items()):
+        note = "restored bit-exactly" if mode == "restored" else "changed again later: delta subtracted (not bit-exact)"
+        click.echo(f"{name}: {note}")
+    if res["also_reverted"]:
+        click.echo(f"note: {edit_id} was one call with {', '.join(res['also_reverted'])} (a batch): they are reverted too")
+    click.echo(f"run {res['run_id']}: reverted {edit_id}; saved to {res['saved_to']} (fingerprint {res['fingerprint_after'][:16]})")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Where to save the replayed model.")
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
+@handle_errors
+def replay(run_id: str, out: str, db: str | None) -> None:
+    """Rerun a recorded run's script on its recorded base model; say whether the result
+    has the recorded fingerprint (exit 0 if it does, 1 if not)."""
+    from .audit import replay as replay_run
+    from .store import Store
+
+    with Store.open(_audit_db_path(db), create=False) as store:
+        res = replay_run(store, run_id, out, argv=sys.argv)
+    for name, (was, now) in res["version_differences"].items():
+        click.echo(f"note: {name} was {was}, now {now}", err=True)
+    verdict = "MATCHES" if res["matches"] else "DIFFERS FROM"
+    click.echo(f"run {res['run_id']}: replayed {run_id}; fingerprint {str(res['fingerprint_replayed'])[:16]} "
+               f"{verdict} the recorded {str(res['fingerprint_recorded'])[:16]}"
+               + (f"; saved to {res['saved_to']}" if res["saved_to"] else ""))
+    if not res["matches"]:
+        sys.exit(int(ExitCode.EXPECTATION_FAILED))
+
+
+@main.command()
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "html"]), default="jsonl", show_default=True)
+@click.option("--run", "run_id", default=None, help="Only this run.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to this file instead of stdout.")
+@handle_errors
+def export(db: str | None, fmt: str, run_id: str | None, output: str | None) -> None:
+    """An audit report: JSON lines, CSV (one row per edit and metric) or one HTML page."""
+    from .audit import export as export_report
+    from .audit import open_for_reading
+
+    with open_for_reading(_audit_db_path(db)) as store:
+        text = export_report(store, fmt, run_id)
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

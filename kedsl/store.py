@@ -2,18 +2,27 @@
 
 Tables (schema version in ``PRAGMA user_version``, upgraded by :data:`MIGRATIONS`):
 
-- ``kedsl_meta``: marks the file as a kedsl store (a foreign SQLite file is refused).
-- ``runs``: one row per ``apply`` (script text and SHA-256, arguments, user, host, versions,
-  model source and fingerprints before/after, status).
+- ``kedsl_meta``: marks the file as a kedsl store (a foreign SQLite file is refused) and
+  holds the *anchor* of the event log: ``head_count`` and ``head_hash``, updated in the
+  same transaction as every event, so deleting the newest events is detectable too.
+- ``runs``: one row per ``apply``, ``revert`` or ``replay`` (script text and SHA-256,
+  arguments, working directory, user, host, pid, versions, seed, model source and
+  fingerprints before/after, status, the run it descends from).
 - ``edits``: one row per edit (request, method, resolved parameters, status, seconds,
   method info, outcome blob hash).
 - ``metric_results``: one row per expectation measured (value, threshold, passed).
 - ``events``: an append-only log; each row carries the SHA-256 of its content chained
-  to the previous row's hash, so a later change to any row is detectable.
+  to the previous row's hash. Every write to the other tables is one transaction that
+  also appends the event describing it, so the tables can be checked against the log
+  (:mod:`kedsl.audit`).
 
 Outcome tensors are stored as content-addressed safetensors files in ``<db>.blobs/``
-(never pickle). The file is opened in WAL mode with a busy timeout so that several
-processes can write to it at once.
+(``before::NAME`` / ``after::NAME``; never pickle), written to a temporary name, flushed
+and renamed, so a crash never leaves a partial blob under its final name.
+
+The file is opened in WAL mode with a busy timeout (``$KEDSL_BUSY_TIMEOUT`` seconds,
+default 30) so that several processes can write to it at once. This module imports no
+torch except in :meth:`Store.save_outcome` / :meth:`Store.load_outcome`.
 """
 from __future__ import annotations
 
@@ -36,15 +45,39 @@ from .errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 30_000
+SCHEMA_VERSION = 2
+DEFAULT_BUSY_TIMEOUT_S = 30.0
 GENESIS = "0" * 64
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+#: Run statuses. ``running`` stays on a run whose process died; the next writer on the
+#: same host marks it ``interrupted``.
+RUN_STATUSES = ("running", "ok", "expectations_failed", "aborted", "failed", "interrupted")
+
+_NOT_OVERWRITTEN = "kedsl never overwrites it; pass another path with --db or restore the file from a backup"
 
 
-def _canonical(obj: Any) -> str:
+def busy_timeout_s() -> float:
+    """How long a writer waits for a lock: ``$KEDSL_BUSY_TIMEOUT`` seconds, default 30."""
+    raw = os.environ.get("KEDSL_BUSY_TIMEOUT")
+    if not raw:
+        return DEFAULT_BUSY_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StoreError(f"KEDSL_BUSY_TIMEOUT must be a number of seconds, not {raw!r}") from None
+    return max(0.0, value)
+
+
+def canonical_json(obj: Any) -> str:
+    """The one JSON spelling hashed everywhere: sorted keys, no spaces, UTF-8."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+_canonical = canonical_json  # the name earlier code used
+
+
+# -- schema ------------------------------------------------------------------------------
 def _migrate_v1(db: sqlite_utils.Database) -> None:
     db["kedsl_meta"].create({"key": str, "value": str}, pk="key")
     db["runs"].create(
@@ -52,7 +85,7 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
             "id": str,
             "started": float,
             "ended": float,
-            "status": str,  # running | ok | expectations_failed | aborted | failed
+            "status": str,
             "script_path": str,
             "script_text": str,
             "script_sha256": str,
@@ -104,64 +137,97 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
         foreign_keys=[("edit_id", "edits", "id")],
     )
     db["events"].create(
-        {
-            "id": int,
-            "run_id": str,
-            "at": float,
-            "kind": str,
-            "payload": str,
-            "prev_hash": str,
-            "hash": str,
-        },
+        {"id": int, "run_id": str, "at": float, "kind": str, "payload": str, "prev_hash": str, "hash": str},
         pk="id",
     )
     db["edits"].create_index(["run_id"])
     db["runs"].create_index(["fingerprint_after"])
 
 
-MIGRATIONS = {1: _migrate_v1}
+def _migrate_v2(db: sqlite_utils.Database) -> None:
+    """Run kinds (apply/revert/replay), crash bookkeeping, the log anchor."""
+    runs = db["runs"]
+    for column, kind in [
+        ("kind", str),  # apply | revert | replay
+        ("cwd", str),
+        ("pid", int),
+        ("on_fail", str),
+        ("model_path", str),  # the resolved local path of the base model, when it has one
+        ("reverts_edit", str),
+        ("replay_of", str),
+        ("error", str),
+    ]:
+        runs.add_column(column, kind)
+    db.execute("UPDATE runs SET kind = 'apply' WHERE kind IS NULL")
+    db["edits"].add_column("attachments", str)  # JSON list of attachment kinds (not revertible yet)
+    db["events"].create_index(["run_id"])
+    row = db.execute("SELECT COUNT(*), (SELECT hash FROM events ORDER BY id DESC LIMIT 1) FROM events").fetchone()
+    db["kedsl_meta"].upsert_all(
+        [{"key": "head_count", "value": str(row[0])}, {"key": "head_hash", "value": row[1] or GENESIS}], pk="key"
+    )
+
+
+MIGRATIONS = {1: _migrate_v1, 2: _migrate_v2}
+
+#: Columns of ``runs`` a caller may set through :meth:`Store.begin_run` / :meth:`Store.end_run`.
+RUN_FIELDS = {
+    "kind", "script_path", "script_text", "script_sha256", "argv", "cwd", "versions", "seed", "on_fail",
+    "model_ref", "model_source", "model_path", "fingerprint_before", "fingerprint_after", "saved_to",
+    "reverts_edit", "replay_of", "error",
+}  # fmt: skip
 
 
 class Store:
     """A kedsl provenance database. Use :meth:`open`."""
 
-    def __init__(self, path: Path, db: sqlite_utils.Database):
+    def __init__(self, path: Path, db: sqlite_utils.Database, readonly: bool = False):
         self.path = path
         self.db = db
+        self.readonly = readonly
         self.blob_dir = path.with_name(path.name + ".blobs")
 
     # -- opening -----------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, create: bool = True) -> "Store":
+    def open(cls, path: str | Path, create: bool = True, readonly: bool = False) -> "Store":
+        """Open (or create) the database at ``path``.
+
+        Refuses, without writing a byte, anything that is not a kedsl store: a directory,
+        a file that is not SQLite (corrupted), an SQLite file kedsl did not create, a
+        newer schema. ``readonly`` opens for reading only (``log``, ``show``,
+        ``verify``, ``export``): no migration, no write, ever.
+        """
         path = Path(path)
         if path.exists():
             if path.is_dir():
                 raise StoreError(f"{path} is a directory, not a kedsl database", "pass a file path with --db")
-            with open(path, "rb") as fh:
-                header = fh.read(16)
-            if header and header != b"SQLite format 3\x00":
-                raise StoreError(
-                    f"{path} is not an SQLite database (it may be corrupted)",
-                    "kedsl never overwrites it; pass another path with --db or restore the file from a backup",
-                )
-        elif not create:
+            try:
+                with open(path, "rb") as fh:
+                    header = fh.read(16)
+            except OSError as exc:
+                raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+            if header and header != SQLITE_HEADER:
+                raise StoreError(f"{path} is not an SQLite database (it may be corrupted)", _NOT_OVERWRITTEN)
+        elif not create or readonly:
             raise StoreError(f"no kedsl database at {path}", "run `kedsl apply` first, or pass --db PATH")
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
+        timeout = busy_timeout_s()
         try:
-            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            db = sqlite_utils.Database(conn)
-            store = cls(path, db)
+            conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {path} ({exc})", _NOT_OVERWRITTEN) from None
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            if readonly:
+                conn.execute("PRAGMA query_only = 1")
+            store = cls(path, sqlite_utils.Database(conn), readonly=readonly)
             store._prepare()
         except sqlite3.DatabaseError as exc:
-            msg = str(exc)
-            if "locked" in msg or "busy" in msg:
-                raise StoreError(f"{path} is locked by another process ({msg})", "wait for it to finish and retry") from None
-            raise StoreError(
-                f"{path} is not a usable SQLite database ({msg})",
-                "kedsl never overwrites it; pass another path with --db or restore the file from a backup",
-            ) from None
+            conn.close()
+            raise _store_error(path, exc) from None
+        except BaseException:
+            conn.close()
+            raise
         return store
 
     def _prepare(self) -> None:
@@ -169,80 +235,155 @@ class Store:
         tables = set(db.table_names())
         if tables and "kedsl_meta" not in tables:
             raise StoreError(
-                f"{self.path} is an SQLite database that kedsl did not create (tables: {', '.join(sorted(tables)[:5])})",
+                f"{self.path} is an SQLite database that kedsl did not create "
+                f"(tables: {', '.join(sorted(tables)[:5])})",
                 "kedsl never writes into foreign databases; pass another path with --db",
             )
-        if db.journal_mode != "wal":
-            db.enable_wal()
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} has schema version {version}, newer than this kedsl understands ({SCHEMA_VERSION})",
                 "upgrade kedsl",
             )
+        if self.readonly:
+            if not tables:
+                raise StoreError(f"{self.path} is an empty file, not a kedsl database", "pass another path with --db")
+            self.schema_version = version
+            return
+        if db.journal_mode != "wal":
+            db.enable_wal()
         if version < SCHEMA_VERSION:
             with self._immediate():
                 version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
                 for v in range(version + 1, SCHEMA_VERSION + 1):
+                    log.info("upgrading %s to schema version %d", self.path, v)
                     MIGRATIONS[v](db)
                     db.execute(f"PRAGMA user_version = {v}")
                 if version == 0:
                     db["kedsl_meta"].insert({"key": "created", "value": str(time.time())})
+        self.schema_version = SCHEMA_VERSION
 
     @contextmanager
     def _immediate(self) -> Iterator[None]:
         """A write transaction taken at once (BEGIN IMMEDIATE), so concurrent writers
         queue on the busy timeout instead of failing on a read-to-write upgrade."""
+        if self.readonly:
+            raise RuntimeError("this store was opened read-only")
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _store_error(self.path, exc) from None
         try:
             yield
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         else:
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                conn.execute("ROLLBACK")
+                raise _store_error(self.path, exc) from None
 
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     # -- events ------------------------------------------------------------------
-    def _append_event(self, run_id: str | None, kind: str, payload: dict[str, Any]) -> None:
-        """Append one hash-chained event. Call inside a write transaction."""
+    def _append_event(self, run_id: str | None, kind: str, payload: dict[str, Any]) -> int:
+        """Append one hash-chained event and move the anchor. Call inside a write transaction."""
         row = self.db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
         prev_id, prev_hash = (row[0], row[1]) if row else (0, GENESIS)
-        event = {"id": prev_id + 1, "run_id": run_id, "at": time.time(), "kind": kind, "payload": _canonical(payload)}
+        event = {"id": prev_id + 1, "run_id": run_id, "at": time.time(), "kind": kind, "payload": canonical_json(payload)}
         event["prev_hash"] = prev_hash
         event["hash"] = event_hash(event)
         self.db["events"].insert(event)
+        self.db["kedsl_meta"].upsert_all(
+            [{"key": "head_count", "value": str(event["id"])}, {"key": "head_hash", "value": event["hash"]}], pk="key"
+        )
+        return event["id"]
+
+    def head(self) -> dict[str, Any]:
+        """The anchor: how many events the log has and the newest one's hash."""
+        meta = {r["key"]: r["value"] for r in self.db.query("SELECT key, value FROM kedsl_meta")}
+        return {"count": int(meta.get("head_count", 0)), "hash": meta.get("head_hash", GENESIS)}
+
+    def events(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        if run_id is None:
+            return list(self.db.query("SELECT * FROM events ORDER BY id"))
+        return list(self.db.query("SELECT * FROM events WHERE run_id = ? ORDER BY id", [run_id]))
 
     # -- runs and edits ------------------------------------------------------------
     def begin_run(self, **fields: Any) -> str:
-        run_id = fields.pop("id", None) or "run-" + uuid.uuid4().hex[:12]
+        """Record a run as started; returns its id. ``fields`` are :data:`RUN_FIELDS`."""
+        _check_fields(fields)
+        self.mark_interrupted_runs()
+        run_id = "run-" + uuid.uuid4().hex[:12]
         record = {
             "id": run_id,
+            "kind": "apply",
             "started": time.time(),
             "status": "running",
             "user": _user(),
             "host": socket.gethostname(),
+            "pid": os.getpid(),
             **{k: _jsonish(v) for k, v in fields.items()},
         }
-        if record.get("fingerprint_before"):
-            parent = self.db.execute(
-                "SELECT id FROM runs WHERE fingerprint_after = ? AND status != 'running' ORDER BY ended DESC LIMIT 1",
-                [record["fingerprint_before"]],
-            ).fetchone()
-            record["parent_run"] = parent[0] if parent else None
         with self._immediate():
+            if record.get("fingerprint_before"):
+                record["parent_run"] = self.run_producing(record["fingerprint_before"])
             self.db["runs"].insert(record, alter=False)
             self._append_event(run_id, "run_started", record)
         return run_id
 
+    def run_producing(self, fingerprint: str) -> str | None:
+        """The newest finished run whose output model has ``fingerprint`` (lineage)."""
+        row = self.db.execute(
+            "SELECT id FROM runs WHERE fingerprint_after = ? AND status NOT IN ('running', 'failed', 'interrupted') "
+            "ORDER BY ended DESC LIMIT 1",
+            [fingerprint],
+        ).fetchone()
+        return row[0] if row else None
+
+    def record_saving(self, run_id: str, path: str | Path, fingerprint: str) -> dict[str, Any]:
+        """Record, before writing it, that ``run_id`` saves a model with ``fingerprint``
+        to ``path``; returns the log anchor to write into the saved directory."""
+        with self._immediate():
+            self._append_event(run_id, "saving", {"path": str(path), "fingerprint": fingerprint})
+            return self.head()
+
     def end_run(self, run_id: str, status: str, **fields: Any) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        _check_fields(fields)
         update = {"status": status, "ended": time.time(), **{k: _jsonish(v) for k, v in fields.items()}}
         with self._immediate():
             self.db["runs"].update(run_id, update)
             self._append_event(run_id, "run_ended", update)
+
+    def mark_interrupted_runs(self) -> list[str]:
+        """Mark runs of this host whose process is gone (killed, crashed) ``interrupted``."""
+        host = socket.gethostname()
+        stale = [
+            r["id"]
+            for r in self.db.query("SELECT id, pid FROM runs WHERE status = 'running' AND host = ?", [host])
+            if r["pid"] and r["pid"] != os.getpid() and not _pid_alive(r["pid"])
+        ]
+        for run_id in stale:
+            with self._immediate():
+                still = self.db.execute("SELECT status FROM runs WHERE id = ?", [run_id]).fetchone()
+                if still and still[0] == "running":  # another process may have marked it
+                    update = {"status": "interrupted", "ended": time.time()}
+                    self.db["runs"].update(run_id, update)
+                    self._append_event(run_id, "run_ended", update)
+                    log.warning("run %s was interrupted (its process is gone)", run_id)
+        return stale
 
     def record_edit(
         self,
@@ -258,6 +399,7 @@ class Store:
         outcome_sha256: str | None,
         metrics: list[dict[str, Any]],
         error: str | None = None,
+        attachments: list[str] | None = None,
     ) -> str:
         edit_id = f"{run_id}-e{seq}"
         record = {
@@ -265,21 +407,27 @@ class Store:
             "run_id": run_id,
             "seq": seq,
             "subject": subject,
-            "request": _canonical(request),
+            "request": canonical_json(request),
             "method": method,
-            "params": _canonical(params),
+            "params": canonical_json(params),
             "status": status,
             "seconds": seconds,
-            "info": _canonical(info),
+            "info": canonical_json(info),
             "outcome_sha256": outcome_sha256,
             "error": error,
+            "attachments": canonical_json(list(attachments or [])),
         }
+        metric_rows = [{k: _jsonish(v) for k, v in m.items()} for m in metrics]
         with self._immediate():
             self.db["edits"].insert(record)
-            for m in metrics:
-                self.db["metric_results"].insert({"edit_id": edit_id, **{k: _jsonish(v) for k, v in m.items()}})
-            self._append_event(run_id, "edit", {**record, "metrics": metrics})
+            for m in metric_rows:
+                self.db["metric_results"].insert({"edit_id": edit_id, **m})
+            self._append_event(run_id, "edit", {**record, "metrics": metric_rows})
         return edit_id
+
+    # -- outcome blobs ---------------------------------------------------------------
+    def blob_path(self, sha256: str) -> Path:
+        return self.blob_dir / f"{sha256}.safetensors"
 
     def save_outcome(self, changes: dict[str, Any]) -> str | None:
         """Store an outcome's exact before/after tensors as a content-addressed
@@ -295,19 +443,49 @@ class Store:
         data = save(tensors)
         digest = hashlib.sha256(data).hexdigest()
         self.blob_dir.mkdir(parents=True, exist_ok=True)
-        target = self.blob_dir / f"{digest}.safetensors"
+        target = self.blob_path(digest)
         if not target.exists():
-            tmp = target.with_suffix(f".tmp{os.getpid()}")
+            tmp = self.blob_dir / f".{digest}.tmp{os.getpid()}"
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
+            _fsync_dir(self.blob_dir)
         return digest
+
+    def load_outcome(self, sha256: str) -> dict[str, tuple[Any, Any]]:
+        """An outcome's tensors, ``{parameter: (before, after)}``, after checking the
+        blob's SHA-256 (a changed or missing blob is a :class:`StoreError`)."""
+        from safetensors.torch import load
+
+        path = self.blob_path(sha256)
+        if not path.is_file():
+            raise StoreError(f"the outcome blob {path} is missing", "restore the .blobs directory beside the database")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise StoreError(f"the outcome blob {path} was changed after it was written (SHA-256 mismatch)")
+        tensors = load(data)
+        out: dict[str, tuple[Any, Any]] = {}
+        for key in tensors:
+            side, _, name = key.partition("::")
+            if side == "before":
+                out[name] = (tensors[key], tensors[f"after::{name}"])
+            elif side not in ("after",):
+                raise StoreError(f"the outcome blob {path} holds an unknown entry {key!r}")
+        return out
 
     # -- reading -------------------------------------------------------------------
     def runs(self) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM runs ORDER BY started DESC"))
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
+        return rows[0] if rows else None
+
+    def edit(self, edit_id: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM edits WHERE id = ?", [edit_id]))
+        return rows[0] if rows else None
 
     def edits(self, run_id: str) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM edits WHERE run_id = ? ORDER BY seq", [run_id]))
@@ -319,13 +497,59 @@ class Store:
 def event_hash(event: dict[str, Any]) -> str:
     """The SHA-256 of an event's content and the previous event's hash."""
     content = {k: event[k] for k in ("id", "run_id", "at", "kind", "payload", "prev_hash")}
-    return hashlib.sha256(_canonical(content).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
+def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    msg = str(exc)
+    if "locked" in msg or "busy" in msg:
+        return StoreError(
+            f"{path} is locked by another process ({msg}; waited {busy_timeout_s():g}s)",
+            "wait for the other kedsl process to finish and retry, or raise KEDSL_BUSY_TIMEOUT (seconds)",
+        )
+    return StoreError(f"{path} is not a usable kedsl database ({msg})", _NOT_OVERWRITTEN)
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    unknown = set(fields) - RUN_FIELDS
+    if unknown:
+        raise TypeError(f"unknown run field(s): {', '.join(sorted(unknown))}")
 
 
 def _jsonish(v: Any) -> Any:
     if isinstance(v, (dict, list, tuple)):
-        return _canonical(v)
+        return canonical_json(v)
     return v
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    except OSError:
+        return False
+    # A zombie (killed, not yet reaped by its parent) is gone for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().split(b") ")[-1][:1] != b"Z"
+    except OSError:
+        return True
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _user() -> str:

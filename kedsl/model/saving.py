@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .handle import LoadedModel
+from .card import CARD, render_model_card
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def save_model(model: LoadedModel, out_dir: str | os.PathLike[str], provenance: 
             "provenance": provenance,
         }
         (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        (tmp / CARD).write_text(render_model_card(json.loads(json.dumps(record, default=str))), encoding="utf-8")
         fsync_tree(tmp)
         _swap_into_place(tmp, out)
     except BaseException:
