@@ -94,3 +94,65 @@ def subject_token_span(tokenizer: Any, prompt: str, subject: str, occurrence: in
     if not toks:
         raise ValueError(f"subject {subject!r} maps to no tokens in {prompt!r}")
     return ids, range(toks[0], toks[-1] + 1)
+
+
+@dataclass
+class SubjectEncoded:
+    """``prefix + prompt`` (optionally joined with a target) tokenized once, with the
+    subject's token span and the target's positions located by character offsets."""
+
+    input_ids: list[int]
+    subject: range  # token indices covering the subject
+    prompt_len: int  # tokens before the first target token (== len(input_ids) without target)
+    target_ids: list[int]
+
+    @property
+    def subject_last(self) -> int:
+        return self.subject[-1]
+
+    @property
+    def target_positions(self) -> range:
+        return range(self.prompt_len, self.prompt_len + len(self.target_ids))
+
+
+def encode_with_subject(
+    tokenizer: Any, prompt: str, subject: str, target: str | None = None, prefix: str = ""
+) -> SubjectEncoded:
+    """Tokenize ``prefix + prompt`` (+ target, joined by :func:`join`) in one pass.
+
+    The subject is the last occurrence of ``subject`` inside ``prompt`` (never inside the
+    prefix or the target); the target span follows :func:`encode_pair`'s rule. Works for
+    any fast tokenizer (offsets), so BPE merges across boundaries are accounted for.
+    """
+    cs = prompt.rfind(subject)
+    if not subject or cs < 0:
+        raise ValueError(f"subject {subject!r} does not occur in prompt {prompt!r}")
+    cs += len(prefix)
+    ce = cs + len(subject)
+    full_prompt = prefix + prompt
+    if target:
+        text, tstart = join(full_prompt, target)
+    else:
+        text, tstart = full_prompt, len(full_prompt)
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    offsets = enc["offset_mapping"]
+    real = [(k, s, e) for k, (s, e) in enumerate(offsets) if e > s]
+    subj = [k for k, s, e in real if s < ce and e > cs]
+    if not subj:
+        raise ValueError(f"subject {subject!r} maps to no tokens in {text!r}")
+    first = next((k for k, s, e in real if e > tstart), None) if target else None
+    if target:
+        if first is None:
+            raise ValueError(f"target {target!r} produced no tokens after prompt {full_prompt!r}")
+        last = len(ids)
+        while last > first and offsets[last - 1][1] <= offsets[last - 1][0]:
+            last -= 1
+        if subj[-1] >= first:
+            raise ValueError(f"subject {subject!r} ends inside the target's first token in {text!r}")
+        return SubjectEncoded(ids[:last], range(subj[0], subj[-1] + 1), first, ids[first:last])
+    # no target: drop trailing special tokens (EOS added by some tokenizers)
+    last = len(ids)
+    while last > 0 and offsets[last - 1][1] <= offsets[last - 1][0] and last - 1 > subj[-1]:
+        last -= 1
+    return SubjectEncoded(ids[:last], range(subj[0], subj[-1] + 1), last, [])

@@ -1,1 +1,95 @@
-"""kedsl_metrics (work in progress)."""
+"""kedsl_metrics: the KnowEdit metrics (Edit Succ., Portability, Locality, Fluency), the
+generation-based efficacy and the CounterFact scores, as defined in design/metrics.md.
+
+This module holds descriptors only and must stay importable without torch; the
+implementations live in :mod:`kedsl_metrics.measures` and are imported when measured.
+"""
+from __future__ import annotations
+
+from kedsl.hookspecs import hookimpl
+from kedsl.specs import MetricSpec
+
+_IMPL = "kedsl_metrics.measures:"
+
+METRICS = [
+    MetricSpec(
+        name="efficacy",
+        implementation=_IMPL + "Efficacy",
+        doc="Edit Succ.: teacher-forced token accuracy of the new target after the edit prompt(s).",
+        default_threshold=1.0,
+        prompt_form="answer",
+        prompts_field="rewrite",
+    ),
+    MetricSpec(
+        name="generalization",
+        implementation=_IMPL + "Generalization",
+        doc="Teacher-forced token accuracy of the new target after paraphrases of the edit prompt.",
+        default_threshold=0.5,
+        prompt_form="answer",
+        prompts_field="paraphrase",
+    ),
+    MetricSpec(
+        name="portability",
+        implementation=_IMPL + "Portability",
+        doc="Teacher-forced token accuracy on portability prompts with their own answers; mean over keys.",
+        default_threshold=None,
+        prompt_form="answer",
+        prompts_field="portability",
+    ),
+    MetricSpec(
+        name="locality",
+        implementation=_IMPL + "Locality",
+        doc="Share of answer positions where the edited model's argmax equals the unedited model's.",
+        default_threshold=0.9,
+        needs_baseline=True,
+        prompt_form="any",
+        prompts_field="locality",
+    ),
+    MetricSpec(
+        name="fluency",
+        implementation=_IMPL + "Fluency",
+        doc="Weighted word bi/trigram entropy (2/3 H2 + 4/3 H3, mean, x100) of greedy generations; "
+        "passes within 10% of the pre-edit value.",
+        relative_tolerance=0.10,
+        needs_baseline=True,
+        prompt_form="none",
+        prompts_field="generation",
+    ),
+    MetricSpec(
+        name="efficacy_gen",
+        implementation=_IMPL + "EfficacyGen",
+        doc="Generation-based success: greedy n+5 tokens from the edit prompt start with the target.",
+        default_threshold=None,
+        prompt_form="answer",
+        prompts_field="rewrite",
+    ),
+    MetricSpec(
+        name="es",
+        implementation=_IMPL + "EfficacyScore",
+        doc="CounterFact efficacy score: share of edit prompts with P(new) > P(old), whole-sequence.",
+        default_threshold=None,
+        prompt_form="any",
+        prompts_field="rewrite",
+    ),
+    MetricSpec(
+        name="ps",
+        implementation=_IMPL + "ParaphraseScore",
+        doc="CounterFact paraphrase score: share of paraphrases with P(new) > P(old), whole-sequence.",
+        default_threshold=None,
+        prompt_form="any",
+        prompts_field="paraphrase",
+    ),
+    MetricSpec(
+        name="ns",
+        implementation=_IMPL + "NeighborhoodScore",
+        doc="CounterFact neighborhood score: share of neighborhood prompts with P(true) > P(new).",
+        default_threshold=None,
+        prompt_form="any",
+        prompts_field="neighborhood",
+    ),
+]
+
+
+@hookimpl
+def register_metrics() -> list[MetricSpec]:
+    return list(METRICS)
