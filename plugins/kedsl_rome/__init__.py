@@ -1,1 +1,71 @@
-"""kedsl_rome (work in progress)."""
+"""kedsl_rome: Rank-One Model Editing (Meng et al. 2022, "Locating and Editing Factual
+Associations in GPT").
+
+ROME treats the MLP output projection of one layer as a key→value memory and writes one
+fact with a rank-one update. The implementation (:mod:`kedsl_rome.rome`) is built from
+the shared toolkit (:mod:`kedsl.toolkit`); this module holds only descriptors and must
+stay importable without torch.
+"""
+from __future__ import annotations
+
+from kedsl.hookspecs import hookimpl
+from kedsl.params import Param, Preset
+from kedsl.specs import MethodSpec
+
+PARAMS = (
+    Param("layer", "int|auto", 6, "layer whose MLP output projection is edited (auto: not implemented yet)", min=0),
+    Param("v_lr", "float", 0.5, "Adam learning rate of the value search", min=1e-5, max=10.0),
+    Param("v_steps", "int", 25, "maximum optimisation steps of the value search", min=1, max=500),
+    Param("v_weight_decay", "float", 1e-3, "penalty on ||delta||^2 / ||v0||^2 in the value search", min=0.0),
+    Param("v_nll_tol", "float", 0.05, "stop the value search once the target NLL is below this", min=0.0),
+    Param("kl_factor", "float", 0.0625, "weight of the KL term keeping '{subject} is a' predictions", min=0.0),
+    Param("clamp_norm_factor", "float", 4.0, "bound on ||delta|| relative to the unedited MLP output", min=0.0),
+    Param("mom2_samples", "int", 8192, "tokens of the statistics corpus for C = E[k k^T]", min=1),
+    Param(
+        "mom2_update_weight",
+        "float",
+        15000.0,
+        "lambda in u = (lambda*C + I)^-1 k*: large -> C^-1 k* (the paper), 0 -> no covariance",
+        min=0.0,
+    ),
+    Param("stats_corpus", "str", "model", "statistics corpus: 'model' (sampled from the model), a .txt/.jsonl file, or a datasets name"),
+    Param("context_count", "int", 5, "generated context templates per length (0: plain prompt only)", min=0, max=50),
+    Param("context_lengths", "list[int]", [5, 10], "token lengths of the generated context templates"),
+    Param("seed", "int", None, "seed for context templates and the statistics corpus (default: the run's seed)", min=0),
+    Param("bf16", "bool", True, "bf16 autocast in the value search (fast on CPUs with AMX; off = exact fp32)"),
+)
+
+# Chosen on SmolLM2-135M-Instruct (30 layers) by bench/rome_layer_sweep.py; see
+# kedsl_rome.rome.LAYER_SWEEP for the table.
+PRESETS = (
+    Preset(
+        family="llama",
+        values={"layer": 6, "v_lr": 5.0},
+        measured_by=(
+            "SmolLM2-135M-Instruct, ZsRE record 0, layer 6, 8 steps (/tmp diagnostic, see the ROME report): "
+            "v_lr 0.5 left the target NLL at 3.7 (5.0 at start; the MLP output there has norm ~35), "
+            "v_lr 5.0 reached 0.07; layer 6 (0.2 of depth, as ROME's layer 5/32 on LLaMA-7B) NOT yet swept: "
+            "bench/rome_layer_sweep.py is the measurement to run"
+        ),
+    ),
+    Preset(
+        family="gpt2",
+        values={"layer": 5, "bf16": False},
+        measured_by="not measured here (no GPT-2 checkpoint offline): ~0.35 of depth as in Meng et al. 2022 (layer 17/48 of GPT-2 XL) for 12-layer GPT-2; tests check only mechanics",
+    ),
+)
+
+
+@hookimpl
+def register_methods() -> list[MethodSpec]:
+    return [
+        MethodSpec(
+            name="rome",
+            implementation="kedsl_rome.rome:ROME",
+            params=PARAMS,
+            doc="Rank-One Model Editing: one fact per edit, rank-one update of one MLP output projection.",
+            supports_batch=False,
+            supports_sequential=True,
+            presets=PRESETS,
+        )
+    ]

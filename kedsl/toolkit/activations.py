@@ -1,0 +1,239 @@
+"""Reading and patching activations of named modules, with hooks that are always removed.
+
+Every locate-then-edit method needs the same three things: the *input* of a module at
+some token positions (ROME's key: the MLP output projection's input at the subject's last
+token), the *output* of a module at some positions (its value), and a forward pass in
+which a module's output is changed at some (row, token) cells (ROME's v* search adds a
+vector there; causal tracing restores clean hidden states there). All three are context
+managers or functions built on :func:`hooked`, which removes its hooks on exit whatever
+happens.
+
+Batches are plain token-id rows padded by :func:`make_batch`; positions are given per
+row as absolute column indices in the padded batch (``Batch.col`` converts).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..model.handle import LoadedModel
+
+
+@dataclass
+class Batch:
+    """Token rows padded to one width, ready for ``model(**batch.inputs())``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    offsets: list[int]  # per row: column of the row's first real token (left padding)
+    lengths: list[int]
+
+    def col(self, row: int, index: int) -> int:
+        """Absolute column of token ``index`` (within the unpadded row) of ``row``."""
+        if index < 0:
+            index += self.lengths[row]
+        return self.offsets[row] + index
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
+
+
+def pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        v = getattr(tokenizer, attr, None)
+        if v is not None:
+            return int(v)
+    return 0  # masked out anyway
+
+
+def make_batch(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu", side: str = "left") -> Batch:
+    """Pad ``rows`` on ``side`` with an attention mask and position ids counted over real
+    tokens, so each row sees exactly what it would see alone (rotary or learned positions)."""
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("make_batch needs non-empty rows")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    offsets = []
+    for i, r in enumerate(rows):
+        start = width - len(r) if side == "left" else 0
+        ids[i, start : start + len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, start : start + len(r)] = 1
+        offsets.append(start)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(ids.to(device), mask.to(device), pos.to(device), offsets, [len(r) for r in rows])
+
+
+@contextlib.contextmanager
+def hooked(handles: list[torch.utils.hooks.RemovableHandle] | None = None) -> Iterator[list[Any]]:
+    """Yield a list to append hook handles to; every handle is removed on exit."""
+    hs: list[Any] = [] if handles is None else handles
+    try:
+        yield hs
+    finally:
+        for h in hs:
+            h.remove()
+
+
+def _first_tensor(x: Any) -> torch.Tensor:
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def _replace_first(x: Any, new: torch.Tensor) -> Any:
+    if isinstance(x, tuple):
+        return (new,) + tuple(x[1:])
+    if isinstance(x, list):
+        return [new] + list(x[1:])
+    return new
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass early (nothing later is needed)."""
+
+
+def _raise_stop(*_: Any) -> None:
+    raise StopForward
+
+
+@dataclass
+class Trace:
+    """What :func:`trace` recorded: full input/output tensors of each traced module."""
+
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def trace(
+    model: LoadedModel,
+    paths: Sequence[str],
+    inputs: bool = True,
+    outputs: bool = False,
+    detach: bool = True,
+    stop_after: str | None = None,
+) -> Iterator[Trace]:
+    """Record the first positional input and/or the (first) output of modules ``paths``
+    during the forward passes inside the ``with`` block (the last pass wins).
+
+    ``stop_after``: raise :class:`StopForward` once that module has run, to skip the rest
+    of the network; run the forward inside :func:`forward_until` or catch it yourself.
+    """
+    rec = Trace()
+    with hooked() as hs:
+        for path in paths:
+            mod = model.module(path)
+
+            def pre(m: nn.Module, args: tuple, kwargs: dict, _p: str = path) -> None:
+                x = args[0] if args else next(iter(kwargs.values()))
+                rec.inputs[_p] = x.detach() if detach else x
+
+            def post(m: nn.Module, args: tuple, out: Any, _p: str = path) -> None:
+                if outputs:
+                    y = _first_tensor(out)
+                    rec.outputs[_p] = y.detach() if detach else y
+                if stop_after == _p:
+                    raise StopForward
+
+            if inputs:
+                hs.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+            if outputs or stop_after == path:
+                hs.append(mod.register_forward_hook(post))
+        if stop_after is not None and stop_after not in paths:
+            hs.append(model.module(stop_after).register_forward_hook(_raise_stop))
+        yield rec
+
+
+def forward_until(model: LoadedModel, batch: Batch, **kwargs: Any) -> Any:
+    """``model(**batch.inputs())`` that treats :class:`StopForward` as a normal end."""
+    try:
+        return model.model(**batch.inputs(), use_cache=False, **kwargs)
+    except StopForward:
+        return None
+
+
+@torch.no_grad()
+def read_at(
+    model: LoadedModel,
+    path: str,
+    rows: Sequence[Sequence[int]],
+    positions: Sequence[int],
+    what: str = "input",
+) -> torch.Tensor:
+    """The input (``what="input"``) or output of module ``path`` at token ``positions[i]``
+    of ``rows[i]``, for all rows in one batch; returns ``(len(rows), dim)``.
+
+    Stops the forward pass right after the module (nothing later is computed).
+    """
+    if len(rows) != len(positions):
+        raise ValueError("one position per row")
+    batch = make_batch(rows, pad_id(model.tokenizer), model.device)
+    with trace(model, [path], inputs=what == "input", outputs=what == "output", stop_after=path) as rec:
+        forward_until(model, batch)
+    t = rec.inputs[path] if what == "input" else rec.outputs[path]
+    r = torch.arange(len(rows), device=t.device)
+    c = torch.tensor([batch.col(i, p) for i, p in enumerate(positions)], device=t.device)
+    return t[r, c]
+
+
+@contextlib.contextmanager
+def edit_output(model: LoadedModel, path: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """During the block, module ``path``'s (first) output ``y`` is replaced by ``fn(y)``."""
+    def post(m: nn.Module, args: tuple, out: Any) -> Any:
+        return _replace_first(out, fn(_first_tensor(out)))
+
+    with hooked() as hs:
+        hs.append(model.module(path).register_forward_hook(post))
+        yield
+
+
+def cell_index(rows: Sequence[int], cols: Sequence[int], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.as_tensor(list(rows), device=device), torch.as_tensor(list(cols), device=device)
+
+
+@contextlib.contextmanager
+def add_at(model: LoadedModel, path: str, rows: Sequence[int], cols: Sequence[int], vectors: torch.Tensor) -> Iterator[None]:
+    """Add ``vectors[i]`` to module ``path``'s output at cell ``(rows[i], cols[i])``.
+
+    ``vectors`` may require grad (the sum stays differentiable): this is how ROME's v*
+    search perturbs the MLP output at the subject's last token.
+    """
+    r, c = cell_index(rows, cols, vectors.device)
+
+    def fn(y: torch.Tensor) -> torch.Tensor:
+        return y.index_put((r, c), y[r, c] + vectors.to(y.dtype))
+
+    with edit_output(model, path, fn):
+        yield
+
+
+@contextlib.contextmanager
+def replace_at(model: LoadedModel, path: str, rows: Sequence[int], cols: Sequence[int], values: torch.Tensor) -> Iterator[None]:
+    """Set module ``path``'s output at cell ``(rows[i], cols[i])`` to ``values[i]``
+    (causal tracing: restore clean hidden states at (token, layer) cells)."""
+    r, c = cell_index(rows, cols, values.device)
+
+    def fn(y: torch.Tensor) -> torch.Tensor:
+        return y.index_put((r, c), values.to(y.dtype))
+
+    with edit_output(model, path, fn):
+        yield
+
+
+@contextlib.contextmanager
+def frozen(model: LoadedModel) -> Iterator[None]:
+    """Parameters need no gradient inside the block (restored after): a backward pass
+    then computes only the gradients of the vectors being optimised, about half the work."""
+    params = list(model.model.parameters())
+    saved = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, s in zip(params, saved):
+            p.requires_grad_(s)

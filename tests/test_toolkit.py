@@ -1,0 +1,233 @@
+"""The shared editing toolkit: activations, tokens with subject, context templates,
+second-moment statistics with their cache, and the value search (tiny in-process models)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kedsl.toolkit import activations as act
+from kedsl.toolkit import context as ctxmod
+from kedsl.toolkit import stats as statsmod
+from kedsl.toolkit.optimize import Fact, ValueSearchConfig, search_values
+from kedsl.toolkit.tokens import encode_pair, encode_with_subject
+
+PROMPT = "The Eiffel Tower is located in the city of"
+SUBJECT = "The Eiffel Tower"
+
+
+def _hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.model.modules())
+
+
+# -- tokens --------------------------------------------------------------------------
+
+
+def test_encode_with_subject_matches_encode_pair_and_finds_subject(tiny_tokenizer):
+    enc = encode_with_subject(tiny_tokenizer, PROMPT, SUBJECT, "Rome", prefix="The Louvre. ")
+    pair = encode_pair(tiny_tokenizer, "The Louvre. " + PROMPT, "Rome")
+    assert enc.input_ids == pair.input_ids
+    assert enc.target_ids == pair.target_ids and enc.prompt_len == pair.prompt_len
+    text = tiny_tokenizer.decode(enc.input_ids[enc.subject.start : enc.subject.stop])
+    assert text.strip() == SUBJECT
+    assert enc.subject_last < enc.prompt_len
+
+
+def test_encode_with_subject_ignores_subject_in_prefix_and_target(tiny_tokenizer):
+    prefix = "Paris. "
+    enc = encode_with_subject(tiny_tokenizer, "The Louvre is in Paris", "Paris", "Paris", prefix=prefix)
+    # the prompt's "Paris", not the prefix's nor the target's
+    first_target = enc.prompt_len
+    assert enc.subject_last == first_target - 1
+    alone = encode_with_subject(tiny_tokenizer, "The Louvre is in Paris", "Paris", prefix=prefix)
+    assert alone.subject == enc.subject and alone.target_ids == []
+    with pytest.raises(ValueError):
+        encode_with_subject(tiny_tokenizer, PROMPT, "Colosseum")
+
+
+# -- activations ---------------------------------------------------------------------
+
+
+def test_read_at_is_padding_invariant_and_matches_full_trace(tiny_llama):
+    tok = tiny_llama.tokenizer
+    rows = [tok(PROMPT)["input_ids"], tok("The Louvre")["input_ids"]]
+    path = tiny_llama.arch.mlp_out.format(1)
+    both = act.read_at(tiny_llama, path, rows, [3, -1], "input")
+    alone = act.read_at(tiny_llama, path, rows[1:], [-1], "input")
+    torch.testing.assert_close(both[1], alone[0], atol=1e-5, rtol=1e-5)
+    # same value as a full forward's trace (the early stop changes nothing before it)
+    with torch.no_grad(), act.trace(tiny_llama, [path], inputs=True, outputs=True) as rec:
+        tiny_llama.model(input_ids=torch.tensor([rows[0]]))
+    torch.testing.assert_close(both[0], rec.inputs[path][0, 3], atol=1e-5, rtol=1e-5)
+    out = act.read_at(tiny_llama, path, rows[:1], [3], "output")
+    torch.testing.assert_close(out[0], rec.outputs[path][0, 3], atol=1e-5, rtol=1e-5)
+    assert _hook_count(tiny_llama) == 0
+
+
+def test_hooks_removed_even_when_forward_fails(tiny_gpt2):
+    path = tiny_gpt2.arch.mlp_out.format(0)
+    with pytest.raises(RuntimeError, match="boom"):
+        with act.edit_output(tiny_gpt2, path, lambda y: (_ for _ in ()).throw(RuntimeError("boom"))):
+            tiny_gpt2.model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert _hook_count(tiny_gpt2) == 0
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_add_at_changes_only_its_row_from_its_column_on(fixture, request):
+    model = request.getfixturevalue(fixture)
+    tok = model.tokenizer
+    rows = [tok(PROMPT)["input_ids"], tok("The Louvre is located in")["input_ids"]]
+    batch = act.make_batch(rows, act.pad_id(tok))
+    path = model.arch.mlp_out.format(1)
+    with torch.no_grad():
+        base = model.model(**batch.inputs()).logits
+        col = batch.col(0, 3)
+        vec = torch.randn(1, model.hidden_size)
+        with act.add_at(model, path, [0], [col], vec):
+            moved = model.model(**batch.inputs()).logits
+    diff = (moved - base).abs().amax(-1)  # (rows, cols)
+    assert diff[1].max() == 0  # other row untouched
+    assert diff[0, :col].max() == 0  # causal: earlier tokens untouched
+    assert diff[0, col:].min() > 0
+    assert _hook_count(model) == 0
+
+
+def test_replace_at_with_clean_values_restores_clean_run(tiny_llama):
+    """Causal tracing's primitive: corrupt the input, restore a clean hidden state."""
+    tok = tiny_llama.tokenizer
+    clean = tok(PROMPT)["input_ids"]
+    corrupt = list(clean)
+    corrupt[1] = (corrupt[1] + 7) % len(tok)
+    layer_path = f"{tiny_llama.arch.layers}.3"  # the last layer: restoring all cells there = clean run
+    with torch.no_grad():
+        with act.trace(tiny_llama, [layer_path], inputs=False, outputs=True) as rec:
+            clean_logits = tiny_llama.model(input_ids=torch.tensor([clean])).logits
+        h = rec.outputs[layer_path][0]
+        n = len(clean)
+        with act.replace_at(tiny_llama, layer_path, [0] * n, list(range(n)), h):
+            restored = tiny_llama.model(input_ids=torch.tensor([corrupt])).logits
+        plain = tiny_llama.model(input_ids=torch.tensor([corrupt])).logits
+    torch.testing.assert_close(restored, clean_logits)
+    assert not torch.allclose(plain, clean_logits)
+
+
+def test_frozen_restores_requires_grad(tiny_llama):
+    p = next(tiny_llama.model.parameters())
+    p.requires_grad_(True)
+    with act.frozen(tiny_llama):
+        assert not any(q.requires_grad for q in tiny_llama.model.parameters())
+    assert p.requires_grad
+
+
+# -- context templates ---------------------------------------------------------------
+
+
+def test_context_templates_deterministic_and_cached(tiny_llama, tiny_tokenizer, monkeypatch):
+    from conftest import make_tiny_llama
+
+    t1 = ctxmod.context_templates(tiny_llama, lengths=(3, 5), count=2, seed=1)
+    assert t1[0] == "{}" and len(t1) == 5 and all(t.endswith(". {}") for t in t1[1:])
+    other = make_tiny_llama(tiny_tokenizer)  # same weights, new object: same texts
+    assert ctxmod.context_templates(other, lengths=(3, 5), count=2, seed=1) == t1
+    assert ctxmod.context_templates(other, lengths=(3, 5), count=2, seed=2) != t1
+    calls = []
+    monkeypatch.setattr(ctxmod, "sample_texts", lambda *a, **k: calls.append(1) or [])
+    assert ctxmod.context_templates(tiny_llama, lengths=(3, 5), count=2, seed=1) == t1
+    assert calls == []
+    assert ctxmod.context_templates(tiny_llama, count=0) == ["{}"]
+
+
+# -- statistics ----------------------------------------------------------------------
+
+
+def _keys(model, layer, rows):
+    path = model.arch.mlp_out.format(layer)
+    ks = []
+    for r in rows:
+        with torch.no_grad(), act.trace(model, [path]) as rec:
+            model.model(input_ids=torch.tensor([r]))
+        ks.append(rec.inputs[path][0])
+    return torch.cat(ks)
+
+
+def test_second_moment_from_text_file_matches_direct_computation(tiny_gpt2, tmp_path, monkeypatch):
+    monkeypatch.setenv("KEDSL_STATS_DIR", str(tmp_path / "stats"))
+    corpus = tmp_path / "c.jsonl"
+    texts = ["The Eiffel Tower is located in the city of Paris.", "Apple was founded by Steve Jobs.", "Berlin, London, Madrid"] * 3
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    rows = [tiny_gpt2.tokenizer(t)["input_ids"] for t in texts]
+    n = sum(len(r) for r in rows) - 5  # cut inside the last document
+    c = statsmod.second_moment(tiny_gpt2, 2, str(corpus), n)
+    k = _keys(tiny_gpt2, 2, rows)[:n].double()
+    torch.testing.assert_close(c.double(), k.T @ k / n, atol=1e-6, rtol=1e-5)
+    assert c.shape == (4 * 64, 4 * 64)
+    with pytest.raises(Exception, match="only"):
+        statsmod.second_moment(tiny_gpt2, 2, str(corpus), 10_000)
+
+
+def test_model_corpus_cached_and_layers_in_one_pass(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("KEDSL_STATS_DIR", str(tmp_path / "stats"))
+    calls = []
+    real = statsmod.sample_token_rows
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(statsmod, "sample_token_rows", counting)
+    both = statsmod.second_moments(tiny_llama, [1, 3], samples=300, seed=0)
+    assert calls == [1]
+    files = sorted(p.name for p in (tmp_path / "stats").iterdir())
+    assert sum(f.endswith(".safetensors") for f in files) == 2
+    paths = [statsmod.stats_path(tiny_llama, l, "model", 300) for l in (1, 3)]
+    mtimes = [p.stat().st_mtime_ns for p in paths]
+    # second run: cache hit, nothing sampled or rewritten
+    again = statsmod.second_moments(tiny_llama, [1, 3], samples=300, seed=0)
+    assert calls == [1] and [p.stat().st_mtime_ns for p in paths] == mtimes
+    torch.testing.assert_close(again[1], both[1])
+    # a new layer reuses the sampled corpus (no new sampling) and equals a joint pass
+    (paths[0]).unlink()
+    alone = statsmod.second_moment(tiny_llama, 1, samples=300, seed=0)
+    assert calls == [1]
+    torch.testing.assert_close(alone, both[1], atol=1e-6, rtol=1e-5)
+    c = both[3]
+    torch.testing.assert_close(c, c.T)
+    assert torch.linalg.eigvalsh(c.double()).min() > -1e-6
+
+
+# -- value search --------------------------------------------------------------------
+
+
+def sharpen(model):
+    """Random-init tiny models have a nearly flat output (logits within ~±1): scale the
+    output head so that a hidden-state change can make one token clearly most likely.
+    Their attention is random too, so test facts put the subject at the end of the
+    prompt and use single-token targets (the value search moves the subject's last token)."""
+    with torch.no_grad():
+        model.model.get_output_embeddings().weight.mul_(20)
+    return model
+
+
+def test_value_search_reaches_target_and_batches_like_single(tiny_llama):
+    model = sharpen(tiny_llama)
+    path = model.arch.mlp_out.format(1)
+    cfg = ValueSearchConfig(lr=0.5, steps=30, clamp_norm_factor=1e4, nll_tol=0.02)
+    f1 = Fact("The mother tongue of Danielle Darrieux", "Danielle Darrieux", "French")
+    f2 = Fact("Apple was founded by Steve Jobs", "Steve Jobs", "Paris")
+    templates = ["{}", "Berlin. {}"]
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    both = search_values(model, path, [f1, f2], templates, cfg)
+    assert all(p > 0.95 for p in both.target_prob)
+    assert max(both.nll[-1]) < cfg.nll_tol < min(both.nll[0])
+    assert both.steps >= 1 and len(both.loss) == both.steps + 1
+    assert all(torch.equal(v, model.model.state_dict()[k]) for k, v in before.items())
+    one = search_values(model, path, [f1], templates, cfg)
+    assert one.target_prob[0] > 0.95
+    if one.steps == both.steps:  # joint optimisation == separate when run equally long
+        torch.testing.assert_close(one.deltas[0], both.deltas[0], atol=1e-4, rtol=1e-3)
+    # the clamp bounds the vector's norm relative to the unedited output
+    tight = search_values(model, path, [f1], templates, ValueSearchConfig(steps=5, clamp_norm_factor=0.5, nll_tol=0.0))
+    assert float(tight.deltas.norm()) <= 0.5 * float(tight.initial.norm()) * (1 + 1e-5)
+    with pytest.raises(ValueError):
+        search_values(model, path, [f1], ["Berlin. {}"], cfg)
