@@ -235,15 +235,7 @@ def _zsre(r: dict[str, Any], i: int) -> BenchCase | None:
     paraphrases = _strings(r.get("rephrase"))
     locality = [(r["loc"], _text(r["loc_ans"]))] if r.get("loc") and _text(r.get("loc_ans")) else []
     req = EditRequest(subject=subject, prompt=prompt, target=target, old=old, paraphrases=paraphrases)
-    case = EvalCase(
-        subject=subject,
-        target=target,
-        old=old,
-        rewrite=[(prompt, target)],
-        paraphrase=[(p, target) for p in paraphrases],
-        locality=locality,
-        meta={"record": i, "format": "zsre"},
-    )
+    case = EvalCase.from_request(req, locality=locality, meta={"record": i, "format": "zsre"})
     return BenchCase(req, case, i, "zsre")
 
 
@@ -262,12 +254,8 @@ def _knowedit(r: dict[str, Any], i: int) -> BenchCase | None:
     locality = [pair for pairs in locality_keyed.values() for pair in pairs]
     keys = [k for k, pairs in locality_keyed.items() for _ in pairs]
     req = EditRequest(subject=subject, prompt=prompt, target=target, old=old, paraphrases=paraphrases)
-    case = EvalCase(
-        subject=subject,
-        target=target,
-        old=old,
-        rewrite=[(prompt, target)],
-        paraphrase=[(p, target) for p in paraphrases],
+    case = EvalCase.from_request(
+        req,
         portability=_keyed_pairs(r.get("portability")),
         locality=locality,
         meta={"record": i, "format": "knowedit", "locality_keys": keys},
@@ -291,12 +279,8 @@ def _counterfact(r: dict[str, Any], i: int) -> BenchCase | None:
     req = EditRequest(
         subject=subject, prompt=prompt, target=target, old=old, relation=rw.get("relation_id"), paraphrases=paraphrases
     )
-    case = EvalCase(
-        subject=subject,
-        target=target,
-        old=old,
-        rewrite=[(prompt, target)],
-        paraphrase=[(p, target) for p in paraphrases],
+    case = EvalCase.from_request(
+        req,
         locality=list(neighborhood),
         neighborhood=neighborhood,
         generation=_strings(r.get("generation_prompts")),

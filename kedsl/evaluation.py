@@ -14,7 +14,10 @@ Both take lists so implementations batch their forward passes across cases.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .editing import EditRequest
 
 # A (prompt, answer) pair. answer None (locality only) means "whatever the unedited model
 # says": the baseline takes the unedited model's greedy continuation as the answer.
@@ -37,6 +40,19 @@ class EvalCase:
     neighborhood: list[Pair] = field(default_factory=list)
     generation: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # record id, relation, ...
+
+    @classmethod
+    def from_request(cls, req: "EditRequest", **fields: Any) -> "EvalCase":
+        """The case an edit request is judged by: its prompt (rewrite) and paraphrases,
+        both with the new target; ``fields`` add locality, portability, ..."""
+        return cls(
+            subject=req.subject,
+            target=req.target,
+            old=req.old,
+            rewrite=[(req.prompt, req.target)],
+            paraphrase=[(p, req.target) for p in req.paraphrases],
+            **fields,
+        )
 
 
 @dataclass

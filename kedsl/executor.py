@@ -16,7 +16,7 @@ import torch
 
 from . import __version__
 from .editing import EditContext, EditOutcome, EditRequest, WeightJournal
-from .errors import KedslError, UsageError
+from .errors import UsageError
 from .evaluation import EvalCase, MetricResult
 from .lang import ast
 from .model.handle import LoadedModel
@@ -210,10 +210,8 @@ class Executor:
         t0 = time.perf_counter()
         try:
             outcome = method.apply(self.model, [e.request for e in unit], params, context)
-        except BaseException as exc:
+        except BaseException:  # a failed method leaves no trace in the model
             context.rollback(self.model)
-            if isinstance(exc, KedslError):
-                raise
             raise
         seconds = time.perf_counter() - t0
         if not isinstance(outcome, EditOutcome):
@@ -250,16 +248,7 @@ class Executor:
 
     # -- expectations --------------------------------------------------------------
     def _eval_case(self, e: PlannedEdit) -> EvalCase:
-        r = e.request
-        return EvalCase(
-            subject=r.subject,
-            target=r.target,
-            old=r.old,
-            rewrite=[(r.prompt, r.target)],
-            paraphrase=[(p, r.target) for p in r.paraphrases],
-            generation=[r.prompt],
-            meta={"relation": r.relation},
-        )
+        return EvalCase.from_request(e.request, generation=[e.request.prompt], meta={"relation": e.request.relation})
 
     def _measure(self, exp: ast.Expect, case: EvalCase, baseline: Any) -> ExpectationResult:
         mspec = self.registry.metric(exp.metric)
