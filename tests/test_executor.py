@@ -27,6 +27,14 @@ class ShiftMethod:
         return context.outcome(n=len(requests))
 
 
+class BrokenMethod:
+    """Changes a weight, then fails: the executor must leave no trace."""
+
+    def apply(self, model, requests, params, context):
+        context.weights.add_(model.mlp_out_weight_name(0), torch.ones_like(model.mlp_out(0).weight))
+        raise RuntimeError("method failed half-way")
+
+
 class FixedMetric:
     """Returns the value the test puts in case.meta['value'], or the weight sum change."""
 
@@ -54,7 +62,8 @@ def _plugin():
                 implementation="tests.test_executor:ShiftMethod",
                 params=(Param("layer", "int", 1, min=0), Param("amount", "float", 1.0)),
                 supports_batch=True,
-            )
+            ),
+            MethodSpec(name="broken", implementation="tests.test_executor:BrokenMethod"),
         ]
 
     @hookimpl
@@ -190,3 +199,13 @@ def test_lineage_links_runs_by_fingerprint(tmp_path):
     store.end_run(a, "ok", fingerprint_after="f1")
     b = store.begin_run(fingerprint_before="f1")
     assert store.db["runs"].get(b)["parent_run"] == a
+
+
+def test_a_method_that_fails_half_way_leaves_no_trace(tiny_llama, registry, tmp_path):
+    before = tiny_llama.fingerprint()
+    ex = Executor(tiny_llama, registry, cache_dir=tmp_path, says_now_tokens=0)
+    edit = _edit()
+    edit.method = "broken"
+    with pytest.raises(RuntimeError, match="half-way"):
+        ex.run([edit])
+    assert tiny_llama.fingerprint() == before
