@@ -205,7 +205,7 @@ def test_a_method_that_fails_half_way_leaves_no_trace(tiny_llama, registry, tmp_
     before = tiny_llama.fingerprint()
     ex = Executor(tiny_llama, registry, cache_dir=tmp_path, says_now_tokens=0)
     edit = _edit()
-    edit.method = "broken"
+    edit.method, edit.given_params = "broken", {}
     with pytest.raises(RuntimeError, match="half-way"):
         ex.run([edit])
     assert tiny_llama.fingerprint() == before
