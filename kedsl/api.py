@@ -288,3 +288,85 @@ class Editor:
         from .model.saving import save_model
 
         return save_model(self.model, Path(out_dir), {"edits": [r.request.__dict__ for r in self.reports]})
+
+
+def plan_report(
+    script_path: str | Path,
+    *,
+    model: Any = None,
+    registry: Registry | None = None,
+    says_tokens: int = 12,
+) -> dict[str, Any]:
+    """What ``kedsl apply`` would do, without changing anything: per edit the method, its
+    parameters after presets, the parameters it will touch (when the method class defines
+    ``touches(model, params) -> list[str]``), what the model says now (greedy) on the
+    edit prompt and on each expectation prompt, and ``already``: the model already gives
+    the target (teacher-forced efficacy 1.0 on the edit prompt, or its greedy text starts
+    with the target). ``model`` may be an already loaded model (else the script's is
+    loaded). The model's fingerprint is checked to be unchanged at the end."""
+    from .model.generation import generate
+    from .model.loading import load_model
+    from .params import resolve_params
+    from .scoring import teacher_forced
+
+    registry = registry or get_registry()
+    script = load_checked(script_path, registry)
+    planned = plan(script, registry)
+    if model is None:
+        stmt = script.model
+        assert stmt is not None, "the checker guarantees a model statement"
+        model = load_model(stmt.ref, model_settings(stmt), registry)
+    fp = model.fingerprint()
+
+    impls: dict[str, Any] = {}
+    edits: list[dict[str, Any]] = []
+    prompts: list[str] = []
+    for e in planned:
+        spec = registry.method(e.method)
+        params = resolve_params(spec.params, e.given_params, spec.presets, model.arch.preset_family)
+        if spec.name not in impls:
+            impls[spec.name] = spec.load()
+        touches_fn = getattr(impls[spec.name], "touches", None)
+        touches = list(touches_fn(model, params)) if touches_fn is not None else None
+        prompts.append(e.request.prompt)
+        expectations = []
+        for x in e.expects:
+            expectations.append(
+                {
+                    "metric": x.metric,
+                    "prompts": [{"prompt": p.prompt, "answer": p.answer, "unchanged": p.unchanged} for p in x.prompts],
+                }
+            )
+            prompts.extend(p.prompt for p in x.prompts)
+        edits.append(
+            {
+                "line": e.source_line,
+                "subject": e.request.subject,
+                "prompt": e.request.prompt,
+                "target": e.request.target,
+                "kind": e.request.kind,
+                "method": spec.name,
+                "params": params,
+                "batch": e.batch,
+                "touches": touches,
+                "expectations": expectations,
+            }
+        )
+    # One batched generation for every prompt, one batched teacher-forced pass.
+    unique = list(dict.fromkeys(prompts))
+    says = dict(zip(unique, generate(model, unique, max_new_tokens=says_tokens)))
+    scored = [i for i, d in enumerate(edits) if d["target"]]
+    scores = teacher_forced(model, [(edits[i]["prompt"], edits[i]["target"]) for i in scored])
+    accuracy = {i: s.accuracy for i, s in zip(scored, scores)}
+    for i, d in enumerate(edits):
+        d["says"] = says[d["prompt"]]
+        d["efficacy_now"] = accuracy.get(i)
+        d["already"] = bool(d["target"]) and (
+            accuracy.get(i) == 1.0 or d["says"].strip().startswith(d["target"].strip())
+        )
+        for x in d["expectations"]:
+            for p in x["prompts"]:
+                p["says"] = says[p["prompt"]]
+    if model.fingerprint() != fp:
+        raise RuntimeError("plan changed the model's weights")  # an invariant: plan only reads
+    return {"script": str(script_path), "model": model.ref, "fingerprint": fp, "edits": edits}

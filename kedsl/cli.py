@@ -302,6 +302,94 @@ def fmt(file: str, write: bool, check_only: bool) -> None:
     click.echo(formatted, nl=False)
 
 
+# -- bench and plan ------------------------------------------------------------------------
+@main.command()
+@click.argument("data", type=click.Path(dir_okay=True))
+@click.option("--method", required=True, help="The editing method (see `kedsl plugins`).")
+@click.option("--model", "model_ref", default="smollm2-135m", show_default=True, help="Alias, local directory, .gguf file or hub id.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most this many records.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="First record (index in the file).")
+@click.option("--format", "data_format", type=click.Choice(["zsre", "knowedit", "counterfact"]), default=None, help="Data format (default: detected).")
+@click.option("--mode", type=click.Choice(["single", "sequential", "batch"]), default="single", show_default=True,
+              help="single: each edit alone, undone after measuring; sequential: edits accumulate, measured at the end; batch: groups of --batch-size in one call.")
+@click.option("--batch-size", type=int, default=None, help="Edits per method call in --mode batch (default 1).")
+@click.option("--param", "param_args", multiple=True, metavar="NAME=VALUE", help="A method parameter (repeatable), e.g. --param layer=8.")
+@click.option("--metrics", "metric_list", default=None, metavar="A,B,...",
+              help="Measure only these (default: efficacy, generalization, portability, locality, fluency, efficacy_gen, pre_efficacy; es, ps, ns on CounterFact).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write aggregate, per-case values and config here.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the method's randomness.")
+@handle_errors
+def bench(data: str, method: str, model_ref: str, limit: int | None, offset: int, data_format: str | None, mode: str,
+          batch_size: int | None, param_args: tuple[str, ...], metric_list: str | None, json_out: str | None, seed: int) -> None:
+    """Benchmark a method on DATA (ZsRE, KnowEdit or CounterFact records): the KnowEdit
+    table (Edit Succ., Generalization, Portability, Locality, Fluency) plus efficacy_gen
+    and the pre-edit efficacy, with the number of cases behind each value."""
+    from pathlib import Path
+
+    from .bench import BenchSettings, check_settings, data_sha256, parse_param_args, run_bench, select_metrics
+    from .data import load_cases
+    from .registry import get_registry
+
+    registry = get_registry()
+    metrics = [m.strip() for m in metric_list.split(",") if m.strip()] if metric_list is not None else None
+    settings = BenchSettings(method=method, mode=mode, batch_size=batch_size or 1, metrics=metrics, seed=seed)
+    spec = check_settings(registry, settings)  # everything that needs no model fails fast
+    settings.params = parse_param_args(spec, param_args)
+    cases = load_cases(data, format=data_format, limit=limit, offset=offset)
+    fmt = cases[0].format if cases else data_format
+    select_metrics(registry, metrics, fmt)
+    if not cases:
+        from .errors import DataError
+
+        raise DataError(f"{data}: no usable records (offset {offset}, limit {limit})", "check --offset/--limit and the file")
+    click.echo(f"{len(cases)} cases from {data}; loading {model_ref} ...", err=True)
+    from .model.loading import load_model
+
+    model = load_model(model_ref, {}, registry)
+    info = {"data_path": str(Path(data).absolute()), "data_sha256": data_sha256(data), "format": fmt, "limit": limit, "offset": offset}
+
+    def progress(done: int, total: int, message: str) -> None:
+        click.echo(f"[{done}/{total}] {message}", err=True)
+
+    result = run_bench(model, cases, settings, registry=registry, data=info, progress=progress)
+    click.echo(result.table())
+    if json_out:
+        with open(json_out, "w", encoding="utf-8") as f:
+            json.dump(result.to_json(), f, indent=1, ensure_ascii=False)
+        click.echo(f"wrote {json_out}", err=True)
+
+
+@main.command()
+@click.argument("script", type=click.Path(dir_okay=False))
+@click.option("--tokens", type=click.IntRange(min=1), default=12, show_default=True, help="Tokens the model says per prompt.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def plan(script: str, tokens: int, as_json: bool) -> None:
+    """Show what a script would do, changing nothing: per edit the method, its parameters
+    after presets, the weights it will touch, what the model says now on the edit and
+    expectation prompts, and [already] where the model already gives the target."""
+    from . import api
+
+    report = api.plan_report(script, says_tokens=tokens)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"model {report['model']} (fingerprint {report['fingerprint'][:16]}): {len(report['edits'])} edit(s), nothing changed")
+    for i, e in enumerate(report["edits"], 1):
+        mark = "  [already]" if e["already"] else ""
+        click.echo(f"\n{i}. line {e['line']}: {e['subject']!r} -> {e['target']!r} using {e['method']}{mark}")
+        if e["batch"] is not None:
+            click.echo(f"   batch {e['batch']}")
+        click.echo("   params  " + ", ".join(f"{k}={v!r}" for k, v in e["params"].items()))
+        touches = e["touches"]
+        click.echo("   touches " + (", ".join(touches) if touches is not None else "(the method does not say)"))
+        acc = e["efficacy_now"]
+        click.echo(f"   now     {e['prompt']!r} -> {e['says']!r}" + (f"  (efficacy {acc:.2f})" if acc is not None else ""))
+        for x in e["expectations"]:
+            for p in x["prompts"]:
+                click.echo(f"   expect {x['metric']}: {p['prompt']!r} -> {p['says']!r}")
+
+
 # -- audit: verify, log, show, revert, replay, export ---------------------------------------
 _DB_HELP = "Provenance database (default: $KEDSL_DB, else ./kedsl.db, else the one the model's kedsl.json names)."
 

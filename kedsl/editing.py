@@ -163,7 +163,11 @@ class EditContext:
 
 
 class EditMethod(Protocol):
-    """What a method plugin's implementation class provides."""
+    """What a method plugin's implementation class provides.
+
+    Optionally it also defines ``touches(model, params) -> list[str]``: the names of the
+    parameters an edit with ``params`` (resolved) will change; ``kedsl plan`` shows them.
+    """
 
     def apply(
         self,

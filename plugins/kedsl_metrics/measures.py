@@ -64,7 +64,9 @@ class _PairAccuracy:
         out = []
         for s in scores:
             accs = [x.accuracy for x in s]
-            out.append(MetricResult(_mean(accs), n=len(accs), details={"per_prompt": accs} if accs else {}))
+            # The token ids too, so a saved result can be recomputed and inspected.
+            details = {"per_prompt": accs, "target_ids": [x.target_ids for x in s], "predicted": [x.predicted for x in s]}
+            out.append(MetricResult(_mean(accs), n=len(accs), details=details if accs else {}))
         return out
 
 

@@ -116,6 +116,13 @@ def rank_one_update(
 class ROME:
     """The method class named by kedsl_rome's MethodSpec."""
 
+    def touches(self, model: LoadedModel, params: dict[str, Any]) -> list[str]:
+        """The parameters an edit with ``params`` changes (for ``kedsl plan``): the chosen
+        layer's MLP output projection."""
+        cfg = ROMEConfig.from_params(params)
+        model.check_layer(cfg.layer)
+        return [model.mlp_out_weight_name(cfg.layer)]
+
     def apply(self, model: LoadedModel, requests: list[EditRequest], params: dict[str, Any], context: EditContext) -> EditOutcome:
         if len(requests) != 1:
             raise UsageError(

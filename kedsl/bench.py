@@ -1,0 +1,451 @@
+"""Benchmarks: apply a method to the records of a benchmark file and report the KnowEdit
+metrics (design/metrics.md) as the paper's table.
+
+Modes:
+
+* ``single``: each edit is applied to the unedited model, measured, then undone
+  bit-exactly through its :class:`~kedsl.editing.EditOutcome` (the paper's setting);
+* ``sequential``: the edits accumulate (method state carried across edits, as the
+  executor does); every case is measured at the end, on the model holding all edits;
+* ``batch``: groups of ``batch_size`` requests in one method call (methods with
+  ``supports_batch``); each group is applied to the unedited model, measured, undone.
+
+Baselines (locality's unedited argmax, the pre-edit fluency) and the pre-edit efficacy
+are measured on the unedited model before any edit, in one batched call per metric.
+After an edit the metrics are measured in one call per metric for all cases edited
+together (one case per call in single mode, which that mode makes unavoidable).
+
+A case whose edit the method rejects (a :class:`~kedsl.errors.KedslError`, e.g. a
+subject missing from the prompt) is kept in the results with its error and is not
+counted in any average; the table says how many failed.
+
+The library logs and reports progress through a callback; ``kedsl bench`` prints.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import KedslError, UsageError, did_you_mean
+from .params import Param, Range, resolve_params, validate_params
+from .registry import Registry, get_registry
+from .specs import MethodSpec
+
+log = logging.getLogger(__name__)
+
+MODES = ("single", "sequential", "batch")
+PRE_EFFICACY = "pre_efficacy"
+PRE_FLUENCY = "pre_fluency"
+#: The paper's columns plus ours, in table order (metric names as in design/metrics.md).
+DEFAULT_METRICS = ("efficacy", "generalization", "portability", "locality", "fluency", "efficacy_gen", PRE_EFFICACY)
+COUNTERFACT_METRICS = ("es", "ps", "ns")
+LABELS = {
+    "efficacy": "Edit Succ.",
+    "generalization": "Generalization",
+    "portability": "Portability",
+    "locality": "Locality",
+    "fluency": "Fluency",
+    "efficacy_gen": "Efficacy (gen)",
+    PRE_EFFICACY: "Pre-edit Succ.",
+    PRE_FLUENCY: "Pre-edit Fluency",
+    "es": "ES",
+    "ps": "PS",
+    "ns": "NS",
+}
+# Printed as-is (already x100, as the papers print fluency); the others are fractions
+# printed as percentages.
+UNSCALED = ("fluency", PRE_FLUENCY)
+
+#: progress(done, total, message)
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class BenchSettings:
+    """What to run: a method with its given (unresolved) parameters, a mode, metrics."""
+
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    mode: str = "single"
+    batch_size: int = 1
+    metrics: list[str] | None = None  # None: every metric that applies to the data
+    seed: int = 0
+
+
+@dataclass
+class BenchResult:
+    config: dict[str, Any]
+    cases: list[dict[str, Any]]
+    aggregate: dict[str, Any]
+    metrics: list[str]  # the measured metrics, table order
+    skipped: list[str]  # default metrics left out by the user's selection
+
+    def to_json(self) -> dict[str, Any]:
+        return {"aggregate": self.aggregate, "cases": self.cases, "config": self.config}
+
+    def table(self) -> str:
+        return render_table(self)
+
+
+# -- command-line parameters ---------------------------------------------------------------
+def parse_param_value(param: Param, text: str) -> Any:
+    """A ``--param k=v`` value as ``param``'s declared type (then validated by the schema)."""
+    t = param.type
+    s = text.strip()
+    try:
+        if t == "int|auto":
+            return "auto" if s == "auto" else int(s)
+        if t == "int":
+            return int(s)
+        if t == "float":
+            return float(s)
+        if t == "bool":
+            low = s.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(s)
+        if t == "str":
+            return text
+        if t == "layers" and ".." in s:
+            a, _, b = s.partition("..")
+            return Range(int(a), int(b))
+        if t in ("list[int]", "layers"):
+            items = _list_items(s)
+            if t == "layers" and len(items) == 1 and not s.startswith("["):
+                return int(items[0])
+            return [int(x) for x in items]
+        if t == "list[str]":
+            if s.startswith("["):
+                value = json.loads(s)
+                if isinstance(value, list):
+                    return value
+                raise ValueError(s)
+            return [x.strip() for x in s.split(",") if x.strip()]
+    except (ValueError, json.JSONDecodeError):
+        raise UsageError(f"--param {param.name}={text}: not a valid {param.type}", param.describe()) from None
+    raise AssertionError(f"unhandled parameter type {t!r}")
+
+
+def _list_items(s: str) -> list[str]:
+    inner = s[1:-1] if s.startswith("[") and s.endswith("]") else s
+    return [x.strip() for x in inner.split(",") if x.strip()]
+
+
+def parse_param_args(spec: MethodSpec, args: Sequence[str]) -> dict[str, Any]:
+    """``["layer=8", "v_lr=0.5"]`` -> ``{"layer": 8, "v_lr": 0.5}``, typed by the method's
+    schema and validated against it."""
+    by_name = {p.name: p for p in spec.params}
+    given: dict[str, Any] = {}
+    for arg in args:
+        name, eq, text = arg.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise UsageError(f"--param {arg!r} is not NAME=VALUE", "e.g. --param layer=8")
+        p = by_name.get(name)
+        if p is None:
+            hint = did_you_mean(name, list(by_name)) or (
+                f"{spec.name}'s parameters: " + ", ".join(sorted(by_name)) if by_name else f"{spec.name} takes no parameters"
+            )
+            raise UsageError(f"method `{spec.name}` has no parameter `{name}`", hint)
+        given[name] = parse_param_value(p, text)
+    problems = validate_params(spec.params, given)
+    if problems:
+        _, message, hint = problems[0]
+        raise UsageError(message, hint)
+    return given
+
+
+# -- checks that need no model -------------------------------------------------------------
+def select_metrics(registry: Registry, requested: Sequence[str] | None, data_format: str | None) -> tuple[list[str], list[str]]:
+    """The metrics to measure (table order) and the default ones the selection skips."""
+    defaults = list(DEFAULT_METRICS) + (list(COUNTERFACT_METRICS) if data_format == "counterfact" else [])
+    if requested is None:
+        chosen = defaults
+    else:
+        known = [PRE_EFFICACY] + sorted(registry.metrics)
+        chosen = []
+        for name in requested:
+            if name not in known:
+                raise UsageError(f"unknown metric `{name}`", did_you_mean(name, known) or "metrics: " + ", ".join(known))
+            if name not in chosen:
+                chosen.append(name)
+    for name in chosen:
+        if name == PRE_EFFICACY:
+            registry.metric("efficacy")
+        else:
+            registry.metric(name)  # the plugin that provides it must be loaded
+    order = {m: i for i, m in enumerate(defaults)}
+    chosen.sort(key=lambda m: order.get(m, len(order)))
+    return chosen, [m for m in defaults if m not in chosen]
+
+
+def check_settings(registry: Registry, settings: BenchSettings) -> MethodSpec:
+    """Validate the method, mode and batch size before anything is loaded."""
+    spec = registry.method(settings.method)
+    if settings.mode not in MODES:
+        raise UsageError(f"unknown mode `{settings.mode}`", did_you_mean(settings.mode, MODES) or "modes: " + ", ".join(MODES))
+    if settings.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if settings.mode == "batch" and not spec.supports_batch:
+        batchers = sorted(n for n, s in registry.methods.items() if s.supports_batch)
+        raise UsageError(
+            f"method `{spec.name}` does not support batch edits",
+            "use --mode single or sequential" + (f", or a batch method ({', '.join(batchers)})" if batchers else ""),
+        )
+    if settings.mode != "batch" and settings.batch_size != 1:
+        raise UsageError(f"--batch-size applies to --mode batch only (the mode is {settings.mode})")
+    if settings.mode == "sequential" and not spec.supports_sequential:
+        raise UsageError(f"method `{spec.name}` does not support sequential edits", "use --mode single")
+    return spec
+
+
+def data_sha256(path: str | Path) -> str:
+    """SHA-256 of a data file (of a directory: over its files' relative names and bytes)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    for f in files:
+        if p.is_dir():
+            h.update(str(f.relative_to(p)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# -- the run -------------------------------------------------------------------------------
+def run_bench(
+    model: Any,
+    cases: Sequence[Any],
+    settings: BenchSettings,
+    *,
+    registry: Registry | None = None,
+    data: dict[str, Any] | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> BenchResult:
+    """Edit ``model`` with ``settings.method`` for each :class:`kedsl.data.BenchCase` and
+    measure the metrics. ``data`` (path, sha256, format, limit, offset) goes into the
+    config as given. In single and batch mode the model ends as it started."""
+    import torch
+
+    from .editing import EditContext, EditOutcome, WeightJournal
+    from .executor import _jsonable, versions
+
+    registry = registry or get_registry()
+    spec = check_settings(registry, settings)
+    fmt = cases[0].format if cases else (data or {}).get("format")
+    metrics, skipped = select_metrics(registry, settings.metrics, fmt)
+    params = resolve_params(spec.params, settings.params, spec.presets, model.arch.preset_family)
+    say = progress or (lambda done, total, msg: None)
+    if cache_dir is None:
+        from .cache import stats_dir
+
+        cache_dir = stats_dir()
+
+    evals = [c.case for c in cases]
+    impls = {m: registry.metric("efficacy" if m == PRE_EFFICACY else m).load() for m in metrics}
+    fp_before = model.fingerprint()
+    n = len(cases)
+    records: list[dict[str, Any]] = [
+        {
+            "index": c.index,
+            "subject": c.request.subject,
+            "prompt": c.request.prompt,
+            "target": c.request.target,
+            "old": c.request.old,
+            "status": "pending",
+            "error": None,
+            "seconds": None,
+            "metrics": {},
+            "n": {},
+            "details": {},
+        }
+        for c in cases
+    ]
+
+    # 1. On the unedited model: baselines and pre-edit measurements, batched across cases.
+    baselines: dict[str, list[Any]] = {}
+    if n:
+        for m in metrics:
+            mspec = registry.metric("efficacy" if m == PRE_EFFICACY else m)
+            if m == PRE_EFFICACY:
+                say(0, n, "pre-edit efficacy")
+                _store(records, range(n), PRE_EFFICACY, impls[m].measure(model, evals, None), _jsonable)
+            elif mspec.needs_baseline:
+                say(0, n, f"{m} baseline (unedited model)")
+                baselines[m] = impls[m].baseline(model, evals)
+                if m == "fluency":  # the pre-edit fluency is worth its own column
+                    for r, e, b in zip(records, evals, baselines[m]):
+                        r["metrics"][PRE_FLUENCY] = b
+                        r["n"][PRE_FLUENCY] = len(impls[m].prompts(e)) if b is not None else 0
+    post = [m for m in metrics if m != PRE_EFFICACY]
+
+    def measure(idx: list[int]) -> None:
+        idx = [i for i in idx if records[i]["status"] == "edited"]
+        if not idx:
+            return
+        for m in post:
+            res = impls[m].measure(model, [evals[i] for i in idx], [baselines[m][i] for i in idx] if m in baselines else None)
+            _store(records, idx, m, res, _jsonable)
+        for i in idx:
+            records[i]["status"] = "measured"
+
+    # 2. The edits.
+    method = spec.load()
+    method_state: dict[str, Any] = {}
+    size = settings.batch_size if settings.mode == "batch" else 1
+    groups = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
+    method_seconds = 0.0
+    edited = 0
+    for g_no, group in enumerate(groups):
+        reqs = [cases[i].request for i in group]
+        label = reqs[0].subject if len(reqs) == 1 else f"{len(reqs)} edits"
+        say(group[0], n, f"editing {label!r} with {spec.name}")
+        context = EditContext(
+            weights=WeightJournal(model.model),
+            cache_dir=cache_dir,
+            seed=settings.seed,
+            state=method_state if settings.mode == "sequential" else {},
+        )
+        torch.manual_seed(settings.seed)
+        t0 = time.perf_counter()
+        try:
+            outcome = method.apply(model, reqs, params, context)
+        except KedslError as exc:
+            context.rollback(model)
+            log.warning("%s rejected %s: %s", spec.name, label, exc.message)
+            for i in group:
+                records[i].update(status="failed", error=exc.message)
+            continue
+        except BaseException:
+            context.rollback(model)
+            raise
+        seconds = time.perf_counter() - t0
+        if not isinstance(outcome, EditOutcome):
+            raise TypeError(f"method `{spec.name}` returned {type(outcome).__name__}, expected EditOutcome")
+        method_seconds += seconds
+        edited += len(group)
+        for i in group:
+            records[i].update(status="edited", seconds=seconds / len(group))
+            records[i]["details"]["method"] = _jsonable(outcome.info)
+        if settings.mode != "sequential":
+            measure(group)
+            outcome.undo(model)
+            _check_restored(model, outcome)
+        log.info("bench: group %d/%d (%s) in %.1fs", g_no + 1, len(groups), label, seconds)
+    if settings.mode == "sequential":
+        say(n, n, "measuring every case on the model holding all edits")
+        measure(list(range(n)))
+    say(n, n, "done")
+
+    table_metrics = metrics + ([PRE_FLUENCY] if "fluency" in metrics else [])
+    aggregate = aggregate_cases(records, table_metrics)
+    aggregate["seconds_per_edit"] = method_seconds / edited if edited else None
+    aggregate["cases"] = n
+    aggregate["failed"] = sum(1 for r in records if r["status"] == "failed")
+    fp_after = model.fingerprint()
+    if settings.mode != "sequential" and fp_after != fp_before:
+        raise RuntimeError(f"{settings.mode} mode left the model changed (fingerprint {fp_after[:16]} != {fp_before[:16]})")
+    config = {
+        "model": model.ref,
+        "model_source": model.source,
+        "model_fingerprint": fp_before,
+        "fingerprint_after": fp_after,
+        "method": spec.name,
+        "params": _jsonable(params),
+        "given_params": _jsonable(settings.params),
+        "mode": settings.mode,
+        "batch_size": size,
+        "seed": settings.seed,
+        "metrics": table_metrics,
+        "skipped_metrics": skipped,
+        **(data or {}),
+        "versions": versions(registry),
+    }
+    return BenchResult(config=config, cases=records, aggregate=aggregate, metrics=table_metrics, skipped=skipped)
+
+
+def _store(records: list[dict[str, Any]], idx: Any, name: str, results: list[Any], jsonable: Callable[[Any], Any]) -> None:
+    for i, res in zip(idx, results):
+        records[i]["metrics"][name] = res.value
+        records[i]["n"][name] = res.n
+        if res.details:
+            records[i]["details"][name] = jsonable(res.details)
+
+
+def _check_restored(model: Any, outcome: Any) -> None:
+    """Undo must restore every touched weight bit-exactly (an invariant, checked cheaply on
+    the touched parameters only)."""
+    import torch
+
+    for name, ch in outcome.changes.items():
+        now = model.parameter(name).detach().to("cpu")
+        if not torch.equal(now, ch.before):
+            raise RuntimeError(f"undo did not restore {name} bit-exactly")
+
+
+def aggregate_cases(records: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
+    """Per metric, the mean over the cases whose value is not None (failed cases have
+    none), with ``n``: how many cases each mean averages."""
+    out: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    for m in metrics:
+        vals = [r["metrics"][m] for r in records if r["metrics"].get(m) is not None]
+        out[m] = sum(vals) / len(vals) if vals else None
+        counts[m] = len(vals)
+    out["n"] = counts
+    return out
+
+
+# -- the table -----------------------------------------------------------------------------
+def _fmt_value(metric: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" if metric in UNSCALED else f"{100 * value:.2f}"
+
+
+def render_table(result: BenchResult) -> str:
+    """The paper-style table: one column per metric, value and the number of cases."""
+    cfg, agg = result.config, result.aggregate
+    where = cfg.get("data_path", "?")
+    sel = ""
+    if cfg.get("offset") or cfg.get("limit") is not None:
+        sel = f", records from {cfg.get('offset') or 0}" + (f", limit {cfg['limit']}" if cfg.get("limit") is not None else "")
+    lines = [
+        f"model   {cfg['model']} (fingerprint {cfg['model_fingerprint'][:16]})",
+        f"method  {cfg['method']}, mode {cfg['mode']}" + (f", batch size {cfg['batch_size']}" if cfg["mode"] == "batch" else ""),
+        "params  " + " ".join(f"{k}={_short(v)}" for k, v in cfg["params"].items()),
+        f"data    {where} ({cfg.get('format', '?')}{sel}): {agg['cases']} cases, {agg['failed']} failed",
+    ]
+    spe = agg.get("seconds_per_edit")
+    lines.append("speed   " + (f"{spe:.2f} s per edit (method only)" if spe is not None else "no edit succeeded"))
+    cols = [(LABELS.get(m, m), _fmt_value(m, agg.get(m)), f"n={agg['n'][m]}") for m in result.metrics]
+    cols += [(LABELS.get(m, m), "skipped", "") for m in result.skipped]
+    widths = [max(len(a), len(b), len(c)) for a, b, c in cols]
+    lines.append("")
+    lines.append("| " + " | ".join(a.rjust(w) for (a, _, _), w in zip(cols, widths)) + " |")
+    lines.append("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
+    lines.append("| " + " | ".join(b.rjust(w) for (_, b, _), w in zip(cols, widths)) + " |")
+    lines.append("| " + " | ".join(c.rjust(w) for (_, _, c), w in zip(cols, widths)) + " |")
+    lines.append("")
+    lines.append("Accuracies in % (teacher-forced, as the KnowEdit paper); fluency is the n-gram entropy x100;")
+    lines.append("n = cases each value averages (a case without such prompts, or whose edit failed, is not counted).")
+    if result.skipped:
+        lines.append("skipped (not in --metrics): " + ", ".join(result.skipped))
+    return "\n".join(lines)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return ",".join(map(str, v))
+    return str(v)
