@@ -209,3 +209,34 @@ def test_a_method_that_fails_half_way_leaves_no_trace(tiny_llama, registry, tmp_
     with pytest.raises(RuntimeError, match="half-way"):
         ex.run([edit])
     assert tiny_llama.fingerprint() == before
+
+
+def _script(tmp_path, name: str, edits: str) -> str:
+    p = tmp_path / f"{name}.ke"
+    p.write_text(f'model "tiny";\nrelation near "{{}} is near";\n{edits}\n')
+    return str(p)
+
+
+def test_script_with_failed_expectation_saves_what_a_script_without_that_edit_saves(tiny_tokenizer, registry, tmp_path):
+    """Issue 4's acceptance: a failed expectation leaves no trace in the saved model."""
+    import json
+
+    from conftest import make_tiny_llama
+
+    from kedsl import api
+
+    keep = 'edit "Paris" near -> "Rome" using shift(layer=2, amount=1.0);'
+    failing = 'edit "Louvre" near -> "Rome" using shift(layer=1, amount=2.0) expect unmoved;'
+    with_fail = _script(tmp_path, "with", keep + "\n" + failing)
+    without = _script(tmp_path, "without", keep)
+    prints = []
+    for script, out in ((with_fail, "a"), (without, "b")):
+        report = api.apply(
+            script, db=tmp_path / "k.db", out=tmp_path / out, model=make_tiny_llama(tiny_tokenizer), registry=registry
+        )
+        prints.append(json.loads((tmp_path / out / "kedsl.json").read_text())["fingerprint"])
+        if script == with_fail:
+            assert [r.status for r in report.edits] == ["applied", "rolled_back"]
+            assert report.status == "expectations_failed"
+    assert prints[0] == prints[1]
+    assert prints[0] != make_tiny_llama(tiny_tokenizer).fingerprint()  # the kept edit is really there
