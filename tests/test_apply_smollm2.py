@@ -66,7 +66,7 @@ def test_eiffel_to_rome_end_to_end(tmp_path):
     assert _greedy(model, tok, "The Eiffel Tower is located in the city of").strip().startswith("Rome")
     assert _greedy(model, tok, "The Louvre is located in the city of").strip().startswith("Paris")
     meta = json.loads((tmp_path / "a" / "kedsl.json").read_text())
-    assert meta["edits"][0]["status"] == "applied"
+    assert meta["provenance"]["edits"][0]["status"] == "applied"
 
     second = _apply(tmp_path, "b")
     assert second.returncode == 0, second.stdout + second.stderr
