@@ -237,7 +237,7 @@ def run_bench(
     import torch
 
     from .editing import EditContext, EditOutcome, WeightJournal
-    from .executor import _jsonable, versions
+    from .executor import jsonable, versions
 
     registry = registry or get_registry()
     spec = check_settings(registry, settings)
@@ -278,7 +278,7 @@ def run_bench(
             mspec = registry.metric("efficacy" if m == PRE_EFFICACY else m)
             if m == PRE_EFFICACY:
                 say(0, n, "pre-edit efficacy")
-                _store(records, range(n), PRE_EFFICACY, impls[m].measure(model, evals, None), _jsonable)
+                _store(records, range(n), PRE_EFFICACY, impls[m].measure(model, evals, None), jsonable)
             elif mspec.needs_baseline:
                 say(0, n, f"{m} baseline (unedited model)")
                 baselines[m] = impls[m].baseline(model, evals)
@@ -294,7 +294,7 @@ def run_bench(
             return
         for m in post:
             res = impls[m].measure(model, [evals[i] for i in idx], [baselines[m][i] for i in idx] if m in baselines else None)
-            _store(records, idx, m, res, _jsonable)
+            _store(records, idx, m, res, jsonable)
         for i in idx:
             records[i]["status"] = "measured"
 
@@ -335,7 +335,7 @@ def run_bench(
         edited += len(group)
         for i in group:
             records[i].update(status="edited", seconds=seconds / len(group))
-            records[i]["details"]["method"] = _jsonable(outcome.info)
+            records[i]["details"]["method"] = jsonable(outcome.info)
         if settings.mode != "sequential":
             measure(group)
             outcome.undo(model)
@@ -360,8 +360,8 @@ def run_bench(
         "model_fingerprint": fp_before,
         "fingerprint_after": fp_after,
         "method": spec.name,
-        "params": _jsonable(params),
-        "given_params": _jsonable(settings.params),
+        "params": jsonable(params),
+        "given_params": jsonable(settings.params),
         "mode": settings.mode,
         "batch_size": size,
         "seed": settings.seed,

@@ -231,7 +231,7 @@ class Executor:
                     status="applied",
                     seconds=seconds / len(unit),
                     expectations=results,
-                    info=_jsonable(outcome.info),
+                    info=jsonable(outcome.info),
                     outcome=outcome,
                 )
             )
@@ -262,7 +262,7 @@ class Executor:
             passed = True  # reported only
         else:
             passed = compare(res.value, op, threshold)
-        return ExpectationResult(exp.metric, res.value, op, threshold, passed, res.n, _jsonable(res.details))
+        return ExpectationResult(exp.metric, res.value, op, threshold, passed, res.n, jsonable(res.details))
 
     def _metric(self, spec: MetricSpec) -> Any:
         if spec.name not in self._metric_impls:
@@ -289,9 +289,9 @@ class Executor:
             run_id=self.run_id,
             seq=r.index,
             subject=r.request.subject,
-            request=_jsonable(r.request.__dict__),
+            request=jsonable(r.request.__dict__),
             method=r.method,
-            params=_jsonable(r.params),
+            params=jsonable(r.params),
             status=r.status,
             seconds=r.seconds,
             info=r.info,
@@ -364,12 +364,12 @@ def _group_units(edits: list[PlannedEdit]) -> list[list[PlannedEdit]]:
     return units
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Plain JSON values (tensors become lists, numbers floats) for records."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu().tolist() if obj.numel() <= 64 else f"<tensor {tuple(obj.shape)}>"
     if isinstance(obj, Path):
