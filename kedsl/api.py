@@ -140,14 +140,16 @@ def apply(
     if save_to is not None:
         save_to = save_to.expanduser().absolute()
 
-    source = read_script(script_path)
     import hashlib
 
+    source = script.source  # the text the checker read: one read, one hash
+    script_sha256 = hashlib.sha256(source.encode()).hexdigest()
     fp_before = model.fingerprint()
+    fp_after: str | None = None
     run_id = store.begin_run(
         script_path=str(Path(script_path).absolute()),
         script_text=source,
-        script_sha256=hashlib.sha256(source.encode()).hexdigest(),
+        script_sha256=script_sha256,
         argv=argv if argv is not None else sys.argv,
         cwd=os.getcwd(),
         versions=versions(registry),
@@ -169,7 +171,7 @@ def apply(
             report.status = "aborted"
         elif report.failed_expectations:
             report.status = "expectations_failed"
-        report.fingerprint_after = model.fingerprint()
+        report.fingerprint_after = fp_after = model.fingerprint()
         if save_to is not None:
             # Log the save before it happens: a crash mid-save leaves a log that says what
             # the directory should hold, and the saved files name the log entry (anchor).
@@ -178,7 +180,7 @@ def apply(
                 "run_id": run_id,
                 "kind": (record or {}).get("kind", "apply"),
                 "script": str(script_path),
-                "script_sha256": hashlib.sha256(source.encode()).hexdigest(),
+                "script_sha256": script_sha256,
                 "base_model": model.ref,
                 "fingerprint_before": fp_before,
                 "parent_run": (store.run(run_id) or {}).get("parent_run"),
@@ -198,7 +200,7 @@ def apply(
                     for r in reports
                 ],
             }
-            report.saved_to = save_model(model, save_to, provenance)
+            report.saved_to = save_model(model, save_to, provenance, fingerprint=fp_after)
         status = report.status
         return report
     except KeyboardInterrupt:
@@ -212,7 +214,7 @@ def apply(
             store.end_run(
                 run_id,
                 status,
-                fingerprint_after=model.fingerprint() if status not in ("failed", "interrupted") else None,
+                fingerprint_after=fp_after if status not in ("failed", "interrupted") else None,
                 saved_to=str(save_to) if save_to is not None and status not in ("failed", "interrupted") else None,
                 error=error,
             )

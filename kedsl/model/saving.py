@@ -28,11 +28,14 @@ MARKER = "kedsl.json"
 FORMAT = "kedsl-model/1"
 
 
-def save_model(model: LoadedModel, out_dir: str | os.PathLike[str], provenance: dict[str, Any]) -> Path:
+def save_model(
+    model: LoadedModel, out_dir: str | os.PathLike[str], provenance: dict[str, Any], fingerprint: str | None = None
+) -> Path:
     """Write ``model`` (safetensors weights, config, tokenizer, ``kedsl.json``) to ``out_dir``.
 
     An existing ``out_dir`` from an earlier kedsl save is replaced atomically; an empty
     directory is filled; any other non-empty directory is refused. Returns the path.
+    ``fingerprint`` saves re-hashing the weights when the caller has just computed it.
     """
     from .. import __version__
 
@@ -49,7 +52,7 @@ def save_model(model: LoadedModel, out_dir: str | os.PathLike[str], provenance: 
         record = {
             "format": FORMAT,
             "kedsl_version": __version__,
-            "fingerprint": model.fingerprint(),
+            "fingerprint": fingerprint or model.fingerprint(),
             "base": {"ref": model.ref, "source": model.source},
             "provenance": provenance,
         }
