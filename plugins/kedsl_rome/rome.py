@@ -34,12 +34,21 @@ from kedsl.toolkit.tokens import encode_with_subject
 
 log = logging.getLogger(__name__)
 
-LAYER_SWEEP = """Not swept yet: the shared 2-core CPU ran ~1/4 speed during the session that wrote
-ROME (one edit ~50 s). Layer 6 is a prior (0.2 of depth, like ROME's layer 5 of 32 on
-LLaMA-7B); v_lr 5.0 was measured on ZsRE record 0 (see the preset's measured_by).
-Statistics for layers 2,4,6,8,10,14 (8192 model-sampled tokens) are cached; run
-    .venv/bin/python bench/rome_layer_sweep.py --layers 2,4,6,8,10,14 --records 0:50
-to fill this table in."""
+LAYER_SWEEP = """Partial sweep (records 0-49 of ZsRE, 50 edits per layer, each on the unedited model,
+teacher-forced; preset settings except the layer; idle-ish 2-core CPU):
+
+| layer | efficacy | generalization | locality | median s/edit |
+| ---: | ---: | ---: | ---: | ---: |
+| 4 | 0.884 | 0.761 | 0.974 | 6.4 |
+| 6 | 0.905 | 0.769 | 0.966 | (from kedsl bench, 0-99 run) |
+| 8 | 0.939 | 0.806 | 0.972 | 4.3 |
+| 10 | 0.963 | 0.814 | 0.915 | 4.3 |
+
+Layers 4/8/10: `.venv/bin/python bench/rome_layer_sweep.py --layers 4,8,10 --records 0:50`;
+layer 6: the records 0-49 of bench/results/rome_smollm2_zsre_0-99.json. On records 0-99
+layer 6 gives 0.940 / 0.791 / 0.977. The preset is still layer 6 (a prior, 0.2 of depth):
+the sweep the preset must rest on (records 0-199, layers 2-14) is not finished, and
+layer 8 looks better on both efficacy and generalization at equal locality."""
 
 
 @dataclass
