@@ -4,11 +4,15 @@ Statistics for all swept layers are computed in one pass over the corpus first; 
 layer edits every record (applied to the unedited model, scored, undone) and the table
 prints layer x (efficacy, generalization, locality, median seconds per edit).
 
-    .venv/bin/python bench/rome_layer_sweep.py --layers 2,4,6,8,10,14 --records 0:200
+    .venv/bin/python bench/rome_layer_sweep.py --layers 2,4,6,8,10,14 --records 0:200 --json out.json
+
+``--json`` writes every record's row per layer (so any sub-range can be summarised
+later) and is rewritten after each layer, so an interrupted sweep keeps what it did.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -26,6 +30,7 @@ def main() -> None:
     ap.add_argument("--records", default="0:200", help="ZsRE record range a:b (b <= 500)")
     ap.add_argument("--set", action="append", default=[], help="ROME parameter k=v (repeatable)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write per-record rows per layer to this file")
     ap.add_argument("-v", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO if args.v else logging.WARNING, format="%(name)s: %(message)s")
@@ -46,10 +51,15 @@ def main() -> None:
     print(f"records {args.records} (n={len(records)}), params {parse_sets(args.set) or 'preset'}")
     print("| layer | efficacy | generalization | locality | median s/edit |")
     print("| ---: | ---: | ---: | ---: | ---: |")
+    results: dict[str, object] = {"records": args.records, "params": base, "layers": {}}
     for layer in layers:
         params = dict(base, layer=layer)
-        s = summarize(evaluate(model, records, params))
+        rows = evaluate(model, records, params)
+        s = summarize(rows)
         print(f"| {layer} | {s['efficacy']:.3f} | {s['generalization']:.3f} | {s['locality']:.3f} | {s['median_seconds']:.1f} |", flush=True)
+        if args.json:
+            results["layers"][str(layer)] = {"summary": s, "rows": rows}  # type: ignore[index]
+            Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def zsre_records(spec: str) -> list[dict[str, Any]]:
     start, stop = int(a), int(b)
     if stop - 1 > MAX_TUNING_RECORD:
         raise SystemExit(f"records {spec}: tuning uses only records 0-{MAX_TUNING_RECORD}")
-    records = json.loads(ZSRE.read_text())[start:stop]
+    records = [dict(r, record=start + i) for i, r in enumerate(json.loads(ZSRE.read_text())[start:stop])]
     kept = [r for r in records if r["alt"].strip()]  # 6 records of the file have no new target
     if len(kept) < len(records):
         logging.getLogger("bench").warning("skipped %d record(s) with an empty target", len(records) - len(kept))
@@ -97,7 +97,7 @@ def evaluate(model, records: list[dict[str, Any]], params: dict[str, Any], profi
         outcome.undo(model)
         rows.append(
             dict(
-                record=i,
+                record=rec.get("record", i),
                 efficacy=eff.accuracy,
                 generalization=gen.accuracy,
                 locality=locality,

@@ -21,7 +21,6 @@ order.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -29,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from .model.handle import LoadedModel
+from .toolkit.activations import accepts_logits_to_keep, make_batch
 from .toolkit.tokens import Encoded, encode_pair
 
 log = logging.getLogger(__name__)
@@ -66,24 +66,9 @@ def _pad_id(tokenizer: Any) -> int:
     return 0  # masked out anyway; any valid id will do
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``input_ids``, ``attention_mask`` and ``position_ids`` for left-padded rows."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), pos.to(device)
-
-
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+def _padded(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b = make_batch(rows, pad, device, side="left")
+    return b.input_ids, b.attention_mask, b.position_ids
 
 
 def _batches(order: list[int], batch_size: int) -> Iterable[list[int]]:
@@ -101,12 +86,12 @@ def score_encoded(model: LoadedModel, encoded: Sequence[Encoded], batch_size: in
             raise ValueError("every encoded pair needs at least one prompt token and one target token")
     net = model.model
     pad = _pad_id(model.tokenizer)
-    keep_ok = _accepts_logits_to_keep(net)
+    keep_ok = accepts_logits_to_keep(net)
     out: list[TFScore | None] = [None] * len(encoded)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     for chunk in _batches(order, batch_size):
         rows = [encoded[i].input_ids for i in chunk]
-        ids, mask, pos = _left_pad(rows, pad, model.device)
+        ids, mask, pos = _padded(rows, pad, model.device)
         width = ids.shape[1]
         n_max = max(len(encoded[i].target_ids) for i in chunk)
         # Logits at position j predict token j+1: the targets (the last n tokens of each
@@ -174,10 +159,10 @@ def greedy_ids(
     net = model.model
     pad = _pad_id(model.tokenizer)
     eos = getattr(model.tokenizer, "eos_token_id", None) if stop_at_eos else None
-    keep_ok = _accepts_logits_to_keep(net)
+    keep_ok = accepts_logits_to_keep(net)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     for chunk in _batches(order, batch_size):
-        ids, mask, pos = _left_pad([prompt_ids[i] for i in chunk], pad, model.device)
+        ids, mask, pos = _padded([prompt_ids[i] for i in chunk], pad, model.device)
         b = ids.shape[0]
         done = torch.zeros(b, dtype=torch.bool, device=ids.device)
         new: list[list[int]] = [[] for _ in chunk]

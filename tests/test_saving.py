@@ -128,3 +128,33 @@ def test_failure_mid_save_leaves_out_dir_unchanged(existing, tiny_tokenizer, tmp
     else:
         assert not out.exists()
     assert _leftovers(tmp_path, "out") == []
+
+
+def test_a_save_clears_what_a_killed_save_left_behind(tiny_llama, tmp_path):
+    """Siblings of dead writers go (and a missing output caught between the two renames
+    comes back); a live writer's sibling stays."""
+    import os
+    import subprocess
+    import sys
+
+    from kedsl.model.saving import MARKER, clear_stale_siblings, save_model
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    out = tmp_path / "edited"
+    save_model(tiny_llama, out, {"run": 1})
+    first = _tree(out)
+    # a killed save: its temporary folder, and a killed replace: the old output moved aside
+    (tmp_path / f".edited.tmp-{dead}-abc").mkdir()
+    (tmp_path / f".edited.tmp-{dead}-abc" / "model.safetensors").write_bytes(b"partial")
+    live = tmp_path / f".edited.tmp-{os.getpid()}-xyz"
+    live.mkdir()
+    os.rename(out, tmp_path / f".edited.old-{dead}-def")
+    assert not out.exists()
+
+    touched = clear_stale_siblings(out)
+    assert {p.name for p in touched} == {f".edited.tmp-{dead}-abc", f".edited.old-{dead}-def"}
+    assert _tree(out) == first and (out / MARKER).is_file()  # the old output is back
+    assert _leftovers(tmp_path, "edited") == [live.name]  # a running writer is left alone
+    live.rmdir()
+    save_model(tiny_llama, out, {"run": 2})
+    assert _leftovers(tmp_path, "edited") == []

@@ -231,3 +231,51 @@ def test_value_search_reaches_target_and_batches_like_single(tiny_llama):
     assert float(tight.deltas.norm()) <= 0.5 * float(tight.initial.norm()) * (1 + 1e-5)
     with pytest.raises(ValueError):
         search_values(model, path, [f1], ["Berlin. {}"], cfg)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_add_rank_one_runs_the_module_as_the_edited_weight(fixture, request):
+    """The value search's edit-aware mode must see exactly the model the rank-one weight
+    edit will produce (GPT-2's Conv1D stores the weight transposed)."""
+    model = request.getfixturevalue(fixture)
+    tok = model.tokenizer
+    batch = act.make_batch([tok(PROMPT)["input_ids"], tok("The Louvre is located in")["input_ids"]], act.pad_id(tok))
+    path = model.arch.mlp_out.format(1)
+    name = model.mlp_out_weight_name(1)
+    w = model.parameter(name)
+    d_in = w.shape[0] if model.arch.transposed else w.shape[1]
+    torch.manual_seed(3)
+    v, d = torch.randn(model.hidden_size), torch.randn(d_in) / d_in
+    with torch.no_grad():
+        with act.add_rank_one(model, path, v.expand(2, -1), d):
+            hooked_logits = model.model(**batch.inputs()).logits
+        assert _hook_count(model) == 0
+        saved = w.clone()
+        w.add_(torch.outer(d, v) if model.arch.transposed else torch.outer(v, d))
+        edited_logits = model.model(**batch.inputs()).logits
+        w.copy_(saved)
+        base = model.model(**batch.inputs()).logits
+    mask = batch.attention_mask.bool()
+    torch.testing.assert_close(hooked_logits[mask], edited_logits[mask], atol=1e-4, rtol=1e-4)
+    assert (edited_logits - base)[mask].abs().max() > 1e-3  # the edit did something
+
+
+def test_value_search_stops_only_when_the_plain_prompt_says_the_target(tiny_llama):
+    """A low NLL averaged over templates is not enough: every target token must be the
+    argmax after the plain prompt. The returned vector is the lowest-loss one seen."""
+    model = sharpen(tiny_llama)
+    path = model.arch.mlp_out.format(1)
+    fact = Fact("The mother tongue of Danielle Darrieux", "Danielle Darrieux", "French")
+    lax = ValueSearchConfig(lr=0.5, steps=30, clamp_norm_factor=1e4, nll_tol=1e9)  # NLL alone would stop at step 0
+    res = search_values(model, path, [fact], ["{}", "Berlin. {}"], lax)
+    assert res.steps >= 1
+    enc = encode_with_subject(model.tokenizer, fact.prompt, fact.subject, fact.target)
+    ids = torch.tensor([enc.input_ids[:-1]])
+    with torch.no_grad(), act.add_at(model, path, [0], [enc.subject_last], res.deltas):
+        logits = model.model(input_ids=ids).logits[0]
+    n = len(enc.target_ids)
+    assert logits[-n:].argmax(-1).tolist() == enc.target_ids
+    # overshooting steps: the result is the best step's vector, not the last one
+    wild = search_values(model, path, [fact], ["{}"], ValueSearchConfig(lr=40.0, steps=8, clamp_norm_factor=1e4, nll_tol=0.0))
+    best = min(range(len(wild.loss)), key=wild.loss.__getitem__)
+    assert wild.target_prob[0] == pytest.approx(float(torch.exp(-torch.tensor(wild.nll[best][0]))), rel=1e-5)

@@ -4,7 +4,9 @@ The directory loads with ``AutoModelForCausalLM.from_pretrained`` and
 ``AutoTokenizer.from_pretrained``; ``kedsl.json`` next to the weights records where it
 came from. Everything is written into a temporary sibling, flushed to disk and renamed
 into place, so ``out_dir`` is at every moment either the old content or the complete new
-one, never a half-written mix.
+one, never a half-written mix. Temporary siblings carry the writer's process id, so a
+later save can clear what a killed save left behind (and put back an old output that a
+kill caught between its two renames).
 """
 from __future__ import annotations
 
@@ -42,8 +44,9 @@ def save_model(
     out = Path(out_dir).expanduser().absolute()
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale_siblings(out)
 
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     try:
         _chmod_like_mkdir(tmp)  # mkdtemp makes it private; the output is an ordinary folder
         log.info("saving model to %s", out)
@@ -93,7 +96,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         return
     # Move the old output aside (one rename), put the new one in (one rename), then delete
     # the old; if the second rename fails the old one is put back.
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-{os.getpid()}-"))
     os.rmdir(old)
     os.rename(out, old)
     try:
@@ -102,6 +105,37 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         os.rename(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clear_stale_siblings(out: Path) -> list[Path]:
+    """Remove the temporary siblings of ``out`` left by saves whose process is gone; if
+    ``out`` itself is missing because such a save was killed between moving the old
+    output aside and moving the new one in, put the old output back. Returns what was
+    removed or restored."""
+    touched: list[Path] = []
+    for kind in ("old", "tmp"):  # old first: it may have to become `out` again
+        for p in sorted(out.parent.glob(f".{out.name}.{kind}-*-*")):
+            pid_text = p.name[len(f".{out.name}.{kind}-"):].split("-", 1)[0]
+            if not pid_text.isdigit() or _pid_alive(int(pid_text)) or not p.is_dir():
+                continue
+            if kind == "old" and not out.exists() and (p / MARKER).is_file():
+                os.rename(p, out)
+                log.warning("restored %s from an interrupted save (%s)", out, p.name)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+                log.info("removed %s left by an interrupted save", p)
+            touched.append(p)
+    return touched
 
 
 def fsync_tree(root: Path) -> None:

@@ -14,6 +14,7 @@ row as absolute column indices in the padded batch (``Batch.col`` converts).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -67,6 +68,15 @@ def make_batch(rows: Sequence[Sequence[int]], pad: int, device: torch.device | s
         offsets.append(start)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return Batch(ids.to(device), mask.to(device), pos.to(device), offsets, [len(r) for r in rows])
+
+
+def accepts_logits_to_keep(net: nn.Module) -> bool:
+    """Whether ``net.forward`` takes ``logits_to_keep`` (then the head computes logits only
+    for the last positions, which is all a target loss or a next-token score needs)."""
+    try:
+        return "logits_to_keep" in inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
@@ -208,6 +218,27 @@ def add_at(model: LoadedModel, path: str, rows: Sequence[int], cols: Sequence[in
         return y.index_put((r, c), y[r, c] + vectors.to(y.dtype))
 
     with edit_output(model, path, fn):
+        yield
+
+
+@contextlib.contextmanager
+def add_rank_one(model: LoadedModel, path: str, row_vectors: torch.Tensor, direction: torch.Tensor) -> Iterator[None]:
+    """Run module ``path`` as if its weight had ``+ row_vectors[b] ⊗ direction`` for batch
+    row ``b``: the output at every token gains ``(x · direction) · row_vectors[b]`` where
+    ``x`` is the module's input there. With the same vector in every row this is exactly
+    the forward pass of the rank-one weight edit ``W + v dᵀ``; ``row_vectors`` may require
+    grad (ROME's value search optimises the edit it will make)."""
+    d = direction.float()
+
+    def post(m: nn.Module, args: tuple, out: Any) -> Any:
+        x = _first_tensor(args)
+        with torch.autocast(x.device.type, enabled=False):
+            gate = x.float() @ d  # (rows, tokens)
+        y = _first_tensor(out)
+        return _replace_first(out, y + (gate[..., None] * row_vectors[:, None, :]).to(y.dtype))
+
+    with hooked() as hs:
+        hs.append(model.module(path).register_forward_hook(post))
         yield
 
 

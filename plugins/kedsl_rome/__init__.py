@@ -32,6 +32,12 @@ PARAMS = (
     Param("context_count", "int", 5, "generated context templates per length (0: plain prompt only)", min=0, max=50),
     Param("context_lengths", "list[int]", [5, 10], "token lengths of the generated context templates"),
     Param("seed", "int", None, "seed for context templates and the statistics corpus (default: the run's seed)", min=0),
+    Param(
+        "edit_aware_search",
+        "bool",
+        True,
+        "value search runs the layer as the rank-one edit will (delta * d^T k at every token); off = the paper's delta added at the subject's last token",
+    ),
     Param("bf16", "bool", True, "bf16 autocast in the value search (fast on CPUs with AMX; off = exact fp32)"),
 )
 

@@ -69,6 +69,7 @@ class ROMEConfig:
     context_lengths: list[int] = field(default_factory=lambda: [5, 10])
     seed: int = 0
     bf16: bool = True
+    edit_aware_search: bool = True
 
     @classmethod
     def from_params(cls, params: dict[str, Any], default_seed: int = 0) -> "ROMEConfig":
@@ -105,11 +106,9 @@ def compute_key(model: LoadedModel, layer: int, request: EditRequest, templates:
     return keys.float().mean(0)
 
 
-def rank_one_update(
-    key: torch.Tensor, delta: torch.Tensor, mom2: torch.Tensor | None, update_weight: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The factors ``(δ, u/(uᵀk))`` of ``ΔW = δ (u/(uᵀk))ᵀ`` with ``u = (λC + I)⁻¹ k``
-    (``u = k`` if ``mom2`` is None or λ = 0). Solved in float64."""
+def update_direction(key: torch.Tensor, mom2: torch.Tensor | None, update_weight: float) -> torch.Tensor:
+    """``u/(uᵀk)`` (float64): the right factor of the rank-one update; a row whose key is
+    ``k'`` receives ``δ · (u/(uᵀk))ᵀk'``."""
     k = key.double()
     if mom2 is not None and update_weight > 0:
         a = update_weight * mom2.double() + torch.eye(k.shape[0], dtype=torch.float64, device=k.device)
@@ -119,7 +118,7 @@ def rank_one_update(
     denom = torch.dot(u, k)
     if not torch.isfinite(denom) or denom.abs() < 1e-12:
         raise RuntimeError(f"ROME: degenerate key (uᵀk = {float(denom)})")
-    return delta.double(), u / denom
+    return u / denom
 
 
 class ROME:
@@ -153,14 +152,15 @@ class ROME:
         t_stats = time.perf_counter() - t0
 
         templates = context_templates(model, cfg.context_lengths, cfg.context_count, cfg.seed)
+        search_cfg = cfg.value_search()
         key = compute_key(model, cfg.layer, request, templates)
+        right = update_direction(key, mom2, cfg.mom2_update_weight)
 
         say("rome: value search")
         path = model.arch.mlp_out.format(cfg.layer)
-        res = search_values(model, path, [Fact(request.prompt, request.subject, request.target)], templates, cfg.value_search())
+        res = search_values(model, path, [Fact(request.prompt, request.subject, request.target)], templates, search_cfg, right if cfg.edit_aware_search else None)
+        left = res.deltas[0].double()
         delta = res.deltas[0]
-
-        left, right = rank_one_update(key, delta, mom2, cfg.mom2_update_weight)
         name = model.mlp_out_weight_name(cfg.layer)
         w = model.parameter(name)
         update = torch.outer(right, left) if model.arch.transposed else torch.outer(left, right)
