@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -223,6 +224,74 @@ def generate(model: str, prompts: tuple[str, ...], max_new_tokens: int, dtype: s
     for prompt, continuation in zip(prompts, greedy(loaded, list(prompts), max_new_tokens=max_new_tokens)):
         # one line per prompt: show line breaks in the continuation as \n
         click.echo(f"{prompt} -> {continuation}".replace("\n", "\\n"))
+
+
+@main.command()
+@click.argument("subject", required=False)
+@click.argument("relation", required=False)
+@click.option("--prompt", help="A prompt containing SUBJECT, instead of a relation.")
+@click.option("--model", "model_ref", default="smollm2-135m", show_default=True, help="Alias, local directory, .gguf file or hub id.")
+@click.option("--kind", type=click.Choice(["hidden", "mlp", "attn", "all"]), default="all", show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True, help="Noise samples per restored cell.")
+@click.option("--window", type=click.IntRange(min=1), default=10, show_default=True, help="Layers restored together for mlp and attn.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dataset", type=click.Path(dir_okay=False), help="Average over known facts (ROME's known_1000.json format).")
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="With --dataset: facts tried.")
+@click.option("--exact/--bf16", default=False, show_default=True, help="float32 corrupted passes (slower) or bf16 autocast.")
+@click.option("--out", "out_dir", default="locate", show_default=True, help="Folder for the PNG heatmaps and JSON.")
+@handle_errors
+def locate(subject: str | None, relation: str | None, prompt: str | None, model_ref: str, kind: str, samples: int, window: int,
+           seed: int, dataset: str | None, limit: int, exact: bool, out_dir: str) -> None:
+    """Where MODEL keeps a fact, by causal tracing (Meng et al. 2022): noise the subject's
+    embeddings, restore one (token, layer) state at a time, and see how much of the
+    answer's probability comes back. Writes heatmaps (PNG) and numbers (JSON) to --out.
+
+    \b
+    kedsl locate "Eiffel Tower" located_in
+    kedsl locate "Eiffel Tower" --prompt "The Eiffel Tower is in"
+    kedsl locate --dataset known_1000.json --limit 200
+    """
+    from .errors import UsageError, did_you_mean
+    from .registry import get_registry
+
+    kinds = ["hidden", "mlp", "attn"] if kind == "all" else [kind]
+    if dataset is None:
+        if not subject:
+            raise UsageError("locate needs a SUBJECT and a RELATION (or --prompt), or --dataset", 'e.g. kedsl locate "Eiffel Tower" located_in')
+        if prompt is None:
+            if relation is None:
+                raise UsageError("locate needs a RELATION or --prompt", "see `kedsl relations`")
+            registry = get_registry()
+            rel = registry.relation(relation)
+            if rel is None:
+                raise UsageError(f"unknown relation `{relation}`", did_you_mean(relation, registry.relation_names()) or "see `kedsl relations`")
+            prompt = rel.prompt(subject)
+        elif relation is not None:
+            raise UsageError("give a RELATION or --prompt, not both")
+    from .locate import average_trace, read_known_facts, trace_fact, write_average
+    from .model.loading import load_model
+
+    records = read_known_facts(dataset)[:limit] if dataset else []
+    model = load_model(model_ref, {})
+    if dataset:
+        def progress(i: int, n: int, name: str) -> None:
+            click.echo(f"[{i + 1}/{n}] {name}", err=True)
+
+        avg = average_trace(model, records, [k for k in kinds if k != "hidden"] or kinds, samples, window, seed, not exact, progress)
+        paths = write_average(avg, out_dir)
+        click.echo(f"{avg.kept} of {avg.tried} facts answered correctly and traced (noise scale {avg.noise_scale:.3f})")
+        for k, ys in avg.effects.items():
+            click.echo(f"{k:6s} peak at layer {avg.peak(k)} (mean effect {max(ys):.3f})")
+    else:
+        results = trace_fact(model, prompt, subject, kinds, out_dir, samples=samples, window=window, seed=seed, bf16=not exact)
+        r0 = results[0]
+        click.echo(f"{prompt!r} -> {r0.answer!r}: p = {r0.clean_prob:.3f} clean, {r0.corrupted_prob:.3f} with {subject!r} noised")
+        for r in results:
+            cells = ", ".join(f"{r.tokens[t]!r}@{layer} {e:+.3f}" for t, layer, e in r.strongest(3))
+            click.echo(f"{r.kind:6s} strongest: {cells}")
+        paths = [Path(out_dir) / f"trace_{r.kind}.png" for r in results] + [Path(out_dir) / "trace.json"]
+    for p in paths:
+        click.echo(f"wrote {p}")
 
 
 def _read_script(path: str) -> str:

@@ -178,9 +178,31 @@ def test_rome_statistics_cached_between_edits(tiny_llama, monkeypatch):
     assert outcome.info["stats_seconds"] < 5
 
 
+def test_rome_layer_auto_edits_where_the_mlp_effect_peaks_and_caches_the_profile(tiny_llama, tmp_path, monkeypatch):
+    from kedsl import locate
+    from kedsl.model.generation import generate
+    from kedsl.toolkit import tracing
+
+    monkeypatch.setenv("KEDSL_STATS_DIR", str(tmp_path))
+    prompts = [("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"), ("Apple was founded by Steve Jobs and", "Steve Jobs")]
+    answers = generate(tiny_llama, [p for p, _ in prompts], max_new_tokens=2)
+    facts = [{"subject": s, "prompt": p, "attribute": a.strip()} for (p, s), a in zip(prompts, answers)]
+    monkeypatch.setattr(tracing, "known_facts", lambda: facts)
+    profile = tracing.mlp_profile(tiny_llama)
+    effects = profile["effects"]
+    assert profile["kept"] == 2 and len(effects) == tiny_llama.num_layers
+    assert profile["layer"] == max(range(len(effects)), key=effects.__getitem__)
+
+    def no_tracing(*a, **k):
+        raise AssertionError("the profile should come from the cache")
+
+    monkeypatch.setattr(locate, "average_trace", no_tracing)
+    outcome = run_rome(tiny_llama, layer="auto")
+    assert outcome.info["layer"] == profile["layer"]
+    assert list(outcome.changes) == [tiny_llama.mlp_out_weight_name(profile["layer"])]
+
+
 def test_rome_rejects_what_it_cannot_do(tiny_llama):
-    with pytest.raises(UsageError, match="layer=auto is not implemented yet"):
-        run_rome(tiny_llama, layer="auto")
     with pytest.raises(UsageError, match="does not exist"):
         run_rome(tiny_llama, layer=9)
     from kedsl_rome.rome import ROME

@@ -13,7 +13,7 @@ from kedsl.params import Param, Preset
 from kedsl.specs import MethodSpec
 
 PARAMS = (
-    Param("layer", "int|auto", 6, "layer whose MLP output projection is edited (auto: not implemented yet)", min=0),
+    Param("layer", "int|auto", 6, "layer whose MLP output projection is edited; auto: where causal tracing of the model finds the MLP effect at the subject's last token peaks (kedsl locate)", min=0),
     Param("v_lr", "float", 0.5, "Adam learning rate of the value search", min=1e-5, max=10.0),
     Param("v_steps", "int", 25, "maximum optimisation steps of the value search", min=1, max=500),
     Param("v_weight_decay", "float", 1e-3, "penalty on ||delta||^2 / ||v0||^2 in the value search", min=0.0),

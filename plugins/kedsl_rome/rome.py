@@ -72,7 +72,9 @@ class ROMEConfig:
     edit_aware_search: bool = True
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], default_seed: int = 0) -> "ROMEConfig":
+    def from_params(cls, params: dict[str, Any], default_seed: int = 0, model: LoadedModel | None = None) -> "ROMEConfig":
+        """The config for resolved ``params``; ``layer="auto"`` is chosen by causal tracing
+        of ``model`` (:func:`kedsl.toolkit.tracing.auto_layer`, cached per model)."""
         known = {f.name for f in fields(cls)}
         unknown = set(params) - known
         if unknown:
@@ -80,10 +82,11 @@ class ROMEConfig:
         values = {k: v for k, v in params.items() if v is not None}
         values.setdefault("seed", default_seed)
         if values.get("layer") == "auto":
-            raise UsageError(
-                "layer=auto is not implemented yet for rome",
-                "give a layer number, e.g. `using rome(layer=6)`, or omit it to use the model family's preset",
-            )
+            if model is None:
+                raise UsageError("layer=auto needs the model", "it is resolved when the edit runs")
+            from kedsl.toolkit.tracing import auto_layer
+
+            values["layer"] = auto_layer(model)
         return cls(**values)
 
     def value_search(self) -> ValueSearchConfig:
@@ -127,7 +130,7 @@ class ROME:
     def touches(self, model: LoadedModel, params: dict[str, Any]) -> list[str]:
         """The parameters an edit with ``params`` changes (for ``kedsl plan``): the chosen
         layer's MLP output projection."""
-        cfg = ROMEConfig.from_params(params)
+        cfg = ROMEConfig.from_params(params, model=model)
         model.check_layer(cfg.layer)
         return [model.mlp_out_weight_name(cfg.layer)]
 
@@ -137,7 +140,7 @@ class ROME:
                 f"rome edits one fact at a time; got a batch of {len(requests)}",
                 "edit them one after another, or use a batch method such as memit",
             )
-        cfg = ROMEConfig.from_params(params, context.seed)
+        cfg = ROMEConfig.from_params(params, context.seed, model)
         request = requests[0]
         model.check_layer(cfg.layer)
         if request.kind != "edit":
