@@ -1,0 +1,159 @@
+"""FT-L and FT-M: fine-tune one MLP output projection on the edit (see :mod:`kedsl_ft`).
+
+Training runs on the live parameter (other parameters frozen for the duration); the
+original value is put back before the trained one is written through ``context.weights``,
+so the journal records the true "before" and undo/revert are bit-exact.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kedsl.editing import EditContext, EditOutcome, EditRequest
+from kedsl.model.handle import LoadedModel
+from kedsl.toolkit.tokens import encode_pair
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FTConfig:
+    """Parameters shared by FT-L and FT-M (see kedsl_ft.PARAMS for each one's meaning)."""
+
+    layer: int = 20
+    lr: float = 5e-4
+    steps: int = 25
+    weight_decay: float = 0.0
+    norm_constraint: float = 0.0
+    nll_tol: float = 1e-2
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "FTConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names and v is not None})
+
+
+@dataclass
+class FTLConfig(FTConfig):
+    norm_constraint: float = 5e-4
+
+
+@dataclass
+class FTMConfig(FTConfig):
+    norm_constraint: float = 0.0
+
+
+def _batch(model: LoadedModel, requests: list[EditRequest]) -> tuple[list[list[int]], list[int], list[list[int]]]:
+    encs = [encode_pair(model.tokenizer, r.prompt, r.target) for r in requests]
+    return [e.input_ids for e in encs], [e.prompt_len for e in encs], [e.target_ids for e in encs]
+
+
+def _pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, device=device)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def masked_target_loss(model: LoadedModel, requests: list[EditRequest]) -> torch.Tensor:
+    """FT-M: mean teacher-forced NLL of the target tokens, prompt positions masked out."""
+    ids_rows, prompt_lens, _ = _batch(model, requests)
+    ids, mask = _pad(ids_rows, 0, model.device)
+    logits = model.model(input_ids=ids, attention_mask=mask).logits
+    labels = torch.full_like(ids, -100)
+    for i, (row, pl) in enumerate(zip(ids_rows, prompt_lens)):
+        labels[i, pl : len(row)] = ids[i, pl : len(row)]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def last_prompt_loss(model: LoadedModel, requests: list[EditRequest]) -> torch.Tensor:
+    """FT-L (ROME's baseline objective): the prediction at the last prompt token is pushed
+    towards every target token (mean NLL over the target's tokens at that one position)."""
+    ids_rows, prompt_lens, target_rows = _batch(model, requests)
+    prompts = [row[:pl] for row, pl in zip(ids_rows, prompt_lens)]
+    ids, mask = _pad(prompts, 0, model.device)
+    logp = torch.log_softmax(model.model(input_ids=ids, attention_mask=mask).logits, dim=-1)
+    losses = [-logp[i, len(p) - 1, t].mean() for i, (p, t) in enumerate(zip(prompts, target_rows))]
+    return torch.stack(losses).mean()
+
+
+class _FineTune:
+    """Shared apply(); subclasses name the objective and the config class."""
+
+    config_class: type[FTConfig] = FTConfig
+
+    def loss(self, model: LoadedModel, requests: list[EditRequest]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def touches(self, model: LoadedModel, params: dict[str, Any]) -> list[str]:
+        cfg = self.config_class.from_params(params)
+        model.check_layer(cfg.layer)
+        return [model.mlp_out_weight_name(cfg.layer)]
+
+    def apply(self, model: LoadedModel, requests: list[EditRequest], params: dict[str, Any], context: EditContext) -> EditOutcome:
+        cfg = self.config_class.from_params(params)
+        model.check_layer(cfg.layer)
+        name = model.mlp_out_weight_name(cfg.layer)
+        weight = model.parameter(name)
+        original = weight.detach().clone()
+        torch.manual_seed(context.seed)
+        flags = {n: p.requires_grad for n, p in model.model.named_parameters()}
+        was_training = model.model.training
+        start = time.perf_counter()
+        losses: list[float] = []
+        try:
+            for p in model.model.parameters():
+                p.requires_grad_(False)
+            weight.requires_grad_(True)
+            model.model.eval()  # no dropout: the edit must be deterministic
+            opt = torch.optim.Adam([weight], lr=cfg.lr, weight_decay=cfg.weight_decay)
+            with torch.enable_grad():
+                for step in range(cfg.steps):
+                    opt.zero_grad(set_to_none=True)
+                    loss = self.loss(model, requests)
+                    losses.append(float(loss.detach()))
+                    if losses[-1] < cfg.nll_tol:
+                        break
+                    loss.backward()
+                    opt.step()
+                    if cfg.norm_constraint > 0:
+                        with torch.no_grad():
+                            weight.copy_(torch.clamp(weight, original - cfg.norm_constraint, original + cfg.norm_constraint))
+            trained = weight.detach().clone()
+        finally:
+            with torch.no_grad():
+                weight.copy_(original)
+            for n, p in model.model.named_parameters():
+                p.requires_grad_(flags[n])
+            weight.grad = None
+            model.model.train(was_training)
+        context.weights.set_(name, trained)
+        seconds = time.perf_counter() - start
+        log.info("%s layer %d: %d steps, loss %.3f -> %.3f, %.1fs", type(self).__name__, cfg.layer, len(losses), losses[0], losses[-1], seconds)
+        return context.outcome(layer=cfg.layer, steps=len(losses), loss_start=losses[0], loss_end=losses[-1], seconds=seconds)
+
+
+class FTL(_FineTune):
+    """FT-L: last-prompt-token objective, L∞-constrained change."""
+
+    config_class = FTLConfig
+
+    def loss(self, model: LoadedModel, requests: list[EditRequest]) -> torch.Tensor:
+        return last_prompt_loss(model, requests)
+
+
+class FTM(_FineTune):
+    """FT-M: teacher-forced cross-entropy on target tokens only (prompt masked)."""
+
+    config_class = FTMConfig
+
+    def loss(self, model: LoadedModel, requests: list[EditRequest]) -> torch.Tensor:
+        return masked_target_loss(model, requests)

@@ -1,0 +1,96 @@
+"""FT-L and FT-M (plugins/kedsl_ft) on tiny in-process models."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import kedsl_ft
+from kedsl.editing import EditContext, EditRequest, WeightJournal
+from kedsl.params import resolve_params
+from kedsl.registry import Registry
+from kedsl.scoring import teacher_forced
+
+REQUEST = EditRequest(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux", target="French")
+
+
+def sharpen(model):
+    with torch.no_grad():
+        model.model.get_output_embeddings().weight.mul_(20)
+    return model
+
+
+def run(model, method: str, **over):
+    from kedsl_ft.ft import FTL, FTM
+
+    spec = {"ft_l": kedsl_ft.FT_L_SPEC, "ft_m": kedsl_ft.FT_M_SPEC}[method]
+    params = resolve_params(spec.params, {"layer": 1, **over})
+    ctx = EditContext(weights=WeightJournal(model.model), cache_dir=Path("/tmp"), seed=0)
+    impl = {"ft_l": FTL, "ft_m": FTM}[method]()
+    return impl.apply(model, [REQUEST], params, ctx)
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_ft_m_makes_the_target_the_argmax_by_changing_one_weight(fixture, request):
+    model = sharpen(request.getfixturevalue(fixture))
+    assert teacher_forced(model, [(REQUEST.prompt, REQUEST.target)])[0].accuracy < 1.0
+    before = snapshot(model)
+    fp = model.fingerprint()
+    outcome = run(model, "ft_m", lr=1e-2, steps=50)
+    score = teacher_forced(model, [(REQUEST.prompt, REQUEST.target)])[0]
+    assert score.predicted == score.target_ids
+    name = model.mlp_out_weight_name(1)
+    assert list(outcome.changes) == [name]
+    after = snapshot(model)
+    assert [k for k in before if not torch.equal(before[k], after[k])] == [name]
+    assert all(p.requires_grad for p in model.model.parameters())  # flags restored
+    outcome.undo(model)
+    assert model.fingerprint() == fp
+    outcome.redo(model)
+    assert teacher_forced(model, [(REQUEST.prompt, REQUEST.target)])[0].predicted == score.target_ids
+
+
+def test_ft_l_keeps_the_change_within_the_linf_bound(tiny_llama):
+    model = sharpen(tiny_llama)
+    fp = model.fingerprint()
+    outcome = run(model, "ft_l", lr=1e-2, steps=20, norm_constraint=1e-3)
+    delta = outcome.changes[model.mlp_out_weight_name(1)].delta
+    assert delta.abs().max() <= 1e-3 + 1e-7
+    assert delta.abs().max() > 0
+    outcome.undo(model)
+    assert model.fingerprint() == fp
+
+
+def test_ft_l_unconstrained_learns_the_target(tiny_llama):
+    model = sharpen(tiny_llama)
+    before = teacher_forced(model, [(REQUEST.prompt, REQUEST.target)])[0].logprob
+    run(model, "ft_l", lr=1e-2, steps=30, norm_constraint=0.0)
+    after = teacher_forced(model, [(REQUEST.prompt, REQUEST.target)])[0]
+    assert after.logprob > before
+
+
+def test_only_measured_methods_are_registered():
+    registry = Registry(plugins=[kedsl_ft], entry_points=False)
+    assert registry.method("ft_m").name == "ft_m"
+    with pytest.raises(Exception):
+        registry.method("ft_l")  # unmeasured preset: not offered to users yet
+
+
+def test_failed_expectation_leaves_no_trace(tiny_llama, tmp_path):
+    import kedsl_metrics
+    from kedsl.executor import Executor, PlannedEdit
+    from kedsl.lang import ast
+
+    model = sharpen(tiny_llama)
+    before = model.fingerprint()
+    registry = Registry(plugins=[kedsl_ft, kedsl_metrics], entry_points=False)
+    ex = Executor(model, registry, cache_dir=tmp_path, says_now_tokens=0)
+    impossible = ast.Expect("efficacy", op=">", threshold=1.0)
+    (r,) = ex.run([PlannedEdit(REQUEST, "ft_m", {"layer": 1, "lr": 1e-2, "steps": 10}, [impossible])])
+    assert r.status == "rolled_back" and not r.passed
+    assert model.fingerprint() == before
