@@ -314,6 +314,7 @@ def run_bench(
             cache_dir=cache_dir,
             seed=settings.seed,
             state=method_state if settings.mode == "sequential" else {},
+            progress=lambda text, at=group[0]: say(at, n, text),
         )
         torch.manual_seed(settings.seed)
         t0 = time.perf_counter()

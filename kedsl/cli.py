@@ -237,11 +237,11 @@ def generate(model: str, prompts: tuple[str, ...], max_new_tokens: int, dtype: s
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dataset", type=click.Path(dir_okay=False), help="Average over known facts (ROME's known_1000.json format).")
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="With --dataset: facts tried.")
-@click.option("--exact/--bf16", default=False, show_default=True, help="float32 corrupted passes (slower) or bf16 autocast.")
+@click.option("--exact/--bf16", default=None, help="float32 corrupted passes, or bf16 autocast (default: bf16 only where the CPU has native bf16).")
 @click.option("--out", "out_dir", default="locate", show_default=True, help="Folder for the PNG heatmaps and JSON.")
 @handle_errors
 def locate(subject: str | None, relation: str | None, prompt: str | None, model_ref: str, kind: str, samples: int, window: int,
-           seed: int, dataset: str | None, limit: int, exact: bool, out_dir: str) -> None:
+           seed: int, dataset: str | None, limit: int, exact: bool | None, out_dir: str) -> None:
     """Where MODEL keeps a fact, by causal tracing (Meng et al. 2022): noise the subject's
     embeddings, restore one (token, layer) state at a time, and see how much of the
     answer's probability comes back. Writes heatmaps (PNG) and numbers (JSON) to --out.
@@ -273,17 +273,20 @@ def locate(subject: str | None, relation: str | None, prompt: str | None, model_
 
     records = read_known_facts(dataset)[:limit] if dataset else []
     model = load_model(model_ref, {})
+    from .toolkit.precision import resolve_bf16
+
+    bf16 = resolve_bf16(None if exact is None else not exact)
     if dataset:
         def progress(i: int, n: int, name: str) -> None:
             click.echo(f"[{i + 1}/{n}] {name}", err=True)
 
-        avg = average_trace(model, records, [k for k in kinds if k != "hidden"] or kinds, samples, window, seed, not exact, progress)
+        avg = average_trace(model, records, [k for k in kinds if k != "hidden"] or kinds, samples, window, seed, bf16, progress)
         paths = write_average(avg, out_dir)
         click.echo(f"{avg.kept} of {avg.tried} facts answered correctly and traced (noise scale {avg.noise_scale:.3f})")
         for k, ys in avg.effects.items():
             click.echo(f"{k:6s} peak at layer {avg.peak(k)} (mean effect {max(ys):.3f})")
     else:
-        results = trace_fact(model, prompt, subject, kinds, out_dir, samples=samples, window=window, seed=seed, bf16=not exact)
+        results = trace_fact(model, prompt, subject, kinds, out_dir, samples=samples, window=window, seed=seed, bf16=bf16)
         r0 = results[0]
         click.echo(f"{prompt!r} -> {r0.answer!r}: p = {r0.clean_prob:.3f} clean, {r0.corrupted_prob:.3f} with {subject!r} noised")
         for r in results:

@@ -155,7 +155,7 @@ class Executor:
         self.run_id = run_id
         self.reporter = reporter or _LogReporter()
         self.says_now_tokens = says_now_tokens
-        self.method_state: dict[str, dict[str, Any]] = {}
+        self.method_state = model.method_state  # travels with the model (saved with it)
         self._metric_impls: dict[str, Any] = {}
         self._method_impls: dict[str, Any] = {}
 
@@ -206,12 +206,16 @@ class Executor:
             seed=self.seed,
             state=self.method_state.setdefault(spec.name, {}),
         )
+        # Methods replace state entries rather than mutating them, so a shallow copy is a
+        # snapshot: a rolled-back edit leaves no trace in the state either.
+        state_before = dict(context.state)
         torch.manual_seed(self.seed)
         t0 = time.perf_counter()
         try:
             outcome = method.apply(self.model, [e.request for e in unit], params, context)
         except BaseException:  # a failed method leaves no trace in the model
             context.rollback(self.model)
+            _restore(context.state, state_before)
             raise
         seconds = time.perf_counter() - t0
         if not isinstance(outcome, EditOutcome):
@@ -238,6 +242,7 @@ class Executor:
         unit_passed = all(r.passed for r in reports)
         if not unit_passed and self.on_fail in ("rollback", "abort"):
             outcome.undo(self.model)
+            _restore(context.state, state_before)
             for r in reports:
                 r.status = "rolled_back"
         for r in reports:
@@ -352,6 +357,11 @@ def compare(value: float, op: str, threshold: float | None) -> bool:
     if op == "==":
         return abs(value - threshold) <= eps
     raise ValueError(f"unknown comparison {op!r}")
+
+
+def _restore(state: dict[str, Any], snapshot: dict[str, Any]) -> None:
+    state.clear()
+    state.update(snapshot)
 
 
 def _group_units(edits: list[PlannedEdit]) -> list[list[PlannedEdit]]:

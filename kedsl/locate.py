@@ -94,7 +94,7 @@ def average_trace(
     samples: int = 10,
     window: int = 10,
     seed: int = 0,
-    bf16: bool = False,
+    bf16: bool | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> AverageTrace:
     """Keep the records the model answers (its greedy continuation starts with the

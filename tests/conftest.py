@@ -123,3 +123,23 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     except the converted default model, which is expensive: it stays in the user cache."""
     if "KEDSL_CACHE_DIR" not in os.environ:
         monkeypatch.setenv("KEDSL_STATS_DIR", str(tmp_path_factory.getbasetemp() / "kedsl-stats"))
+
+
+def sharpen(model):
+    """Scale a random-init model's output head so it has a definite argmax (edits on a
+    flat distribution would pass or fail by noise)."""
+    import torch
+
+    with torch.no_grad():
+        model.model.get_output_embeddings().weight.mul_(20)
+    return model
+
+
+def method_params(plugin, name: str, fast: dict, **over):
+    """``name``'s resolved parameters from ``plugin`` alone: ``fast`` settings for tiny
+    models, overridden by ``over``."""
+    from kedsl.params import resolve_params
+    from kedsl.registry import Registry
+
+    spec = Registry(plugins=[plugin], entry_points=False).method(name)
+    return resolve_params(spec.params, {**fast, **over})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import method_params, sharpen
 
 import kedsl_rome
 from kedsl.editing import EditContext, EditRequest, WeightJournal
@@ -40,15 +41,9 @@ FAST = {
 }
 
 
-def sharpen(model):
-    with torch.no_grad():
-        model.model.get_output_embeddings().weight.mul_(20)
-    return model
-
 
 def params(**over):
-    spec = Registry(plugins=[kedsl_rome], entry_points=False).method("rome")
-    return resolve_params(spec.params, {**FAST, **over})
+    return method_params(kedsl_rome, "rome", FAST, **over)
 
 
 def run_rome(model, request=REQUEST, **over):

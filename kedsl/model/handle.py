@@ -25,6 +25,10 @@ class LoadedModel:
     ref: str = "<in-process>"  # what the user wrote in `model "..."`
     source: str = "in-process"  # the model source plugin that loaded it
     meta: dict[str, Any] = field(default_factory=dict)  # resolved path, gguf file, ...
+    # State a method keeps across sequential edits of this model (AlphaEdit's accumulated
+    # keys), by method name; tensors only, saved beside the weights (kedsl_state.safetensors)
+    # so a later `apply` on the saved model continues where this one stopped.
+    method_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     # -- structure ---------------------------------------------------------------
     def module(self, path: str) -> nn.Module:

@@ -155,6 +155,10 @@ def load_pretrained(
 
     loaded = LoadedModel(model=model, tokenizer=tokenizer, arch=arch, source=source, meta=dict(meta or {}))
     loaded.meta.setdefault("path", where)
+    if Path(str(where)).is_dir():  # a kedsl-saved model carries its methods' state
+        from .saving import read_method_state
+
+        loaded.method_state = read_method_state(where)
     try:
         loaded.module(arch.layers)
     except AttributeError:

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 #: The marker file of a kedsl output directory (only those are replaced on re-save).
 MARKER = "kedsl.json"
 FORMAT = "kedsl-model/1"
+#: Methods' sequential state (LoadedModel.method_state), keys "method/entry".
+STATE_FILE = "kedsl_state.safetensors"
 
 
 def save_model(
@@ -52,6 +54,7 @@ def save_model(
         log.info("saving model to %s", out)
         model.model.save_pretrained(tmp)
         model.tokenizer.save_pretrained(tmp)
+        state_keys = write_method_state(model.method_state, tmp / STATE_FILE)
         record = {
             "format": FORMAT,
             "kedsl_version": __version__,
@@ -59,6 +62,8 @@ def save_model(
             "base": {"ref": model.ref, "source": model.source},
             "provenance": provenance,
         }
+        if state_keys:
+            record["method_state"] = {"file": STATE_FILE, "entries": state_keys}
         (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(render_model_card(json.loads(json.dumps(record, default=str))), encoding="utf-8")
         fsync_tree(tmp)
@@ -69,6 +74,39 @@ def save_model(
     _fsync_dir(out.parent)
     log.info("saved model to %s", out)
     return out
+
+
+def write_method_state(state: dict[str, dict[str, Any]], path: Path) -> list[str]:
+    """Write methods' sequential state as safetensors (nothing when there is none);
+    returns the keys written."""
+    import torch
+    from safetensors.torch import save_file
+
+    flat: dict[str, torch.Tensor] = {}
+    for method, entries in state.items():
+        for key, value in entries.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"method state {method}/{key} is a {type(value).__name__}; method state must be tensors")
+            if "/" in method:
+                raise ValueError(f"method name {method!r} contains '/'")
+            flat[f"{method}/{key}"] = value.detach().to("cpu").contiguous()
+    if flat:
+        save_file(flat, str(path))
+    return sorted(flat)
+
+
+def read_method_state(directory: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The methods' state saved beside a model (empty when there is none)."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        return {}
+    from safetensors.torch import load_file
+
+    state: dict[str, dict[str, Any]] = {}
+    for name, value in load_file(str(path)).items():
+        method, _, key = name.partition("/")
+        state.setdefault(method, {})[key] = value
+    return state
 
 
 def _chmod_like_mkdir(path: Path) -> None:

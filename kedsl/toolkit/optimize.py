@@ -31,7 +31,7 @@ kedsl_rome.rome.LAYER_SWEEP):
 Speed (all measured in bench/rome_speed.py): parameters are frozen during the search
 (backward computes only ∂loss/∂δ), the batch is left-padded so the model's head computes
 logits only for the target positions (``logits_to_keep``), and bf16 autocast is
-available for CPUs with AMX.
+used where the CPU has native bf16 (:mod:`kedsl.toolkit.precision`).
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ from typing import Any, Sequence
 import torch
 
 from ..model.handle import LoadedModel
+from .precision import resolve_bf16
 from .activations import accepts_logits_to_keep, add_at, add_rank_one, frozen, make_batch, pad_id, trace
 from .tokens import SubjectEncoded, encode_with_subject
 
@@ -67,7 +68,23 @@ class ValueSearchConfig:
     clamp_norm_factor: float = 4.0
     nll_tol: float = 0.05  # stop once every fact's mean target NLL is below this
     kl_prompt: str = "{} is a"
-    bf16: bool = False  # bf16 autocast for the forward/backward passes (CPU with AMX: ~4x)
+    bf16: bool | None = None  # bf16 autocast (None: only where the CPU has native bf16, see toolkit.precision)
+
+
+    @classmethod
+    def from_method(cls, cfg: Any) -> "ValueSearchConfig":
+        """From a method config that names these settings the way ROME's parameters do
+        (``v_lr``, ``v_steps``, ``v_weight_decay``, ``v_nll_tol``, ``kl_factor``,
+        ``clamp_norm_factor``, ``bf16``)."""
+        return cls(
+            lr=cfg.v_lr,
+            steps=cfg.v_steps,
+            weight_decay=cfg.v_weight_decay,
+            kl_factor=cfg.kl_factor,
+            clamp_norm_factor=cfg.clamp_norm_factor,
+            nll_tol=cfg.v_nll_tol,
+            bf16=cfg.bf16,
+        )
 
 
 @dataclass
@@ -84,6 +101,25 @@ class ValueSearchResult:
     def targets(self) -> torch.Tensor:
         """``initial + deltas``: the output each fact should have (MEMIT's z)."""
         return self.initial + self.deltas
+
+
+@dataclass
+class _Layout:
+    """One batch of the search: its rows and the indices its loss gathers."""
+
+    kwargs: dict[str, Any]
+    rows: list[int]
+    cols: list[int]  # per row: the column of its subject's last token
+    row_fact: torch.Tensor
+    g_row: torch.Tensor  # per target token: row, column in the kept logits, token id,
+    g_col: torch.Tensor  # weight in its fact's NLL, fact, and (g_plain) which of them
+    g_tok: torch.Tensor  # belong to plain-prompt rows
+    g_w: torch.Tensor
+    g_fact: torch.Tensor
+    g_plain: torch.Tensor
+    kl_rows: torch.Tensor
+    kl_fact: torch.Tensor
+    plain: list[int]  # rows of the plain prompts, in fact order
 
 
 def template_prefix(template: str) -> str:
@@ -121,110 +157,136 @@ def search_values(
     row_fact: list[int] = []
     subj_last: list[int] = []
     targets: list[list[int]] = []  # empty for KL rows
-    plain_row: list[int] = []
-    kl_row: list[int] = []
+    plain_rows: set[int] = set()
     for f_i, fact in enumerate(facts):
         for t_i, template in enumerate(templates):
             enc: SubjectEncoded = encode_with_subject(tok, fact.prompt, fact.subject, fact.target, template_prefix(template))
             if t_i == 0:
-                plain_row.append(len(rows))
+                plain_rows.add(len(rows))
             rows.append(enc.input_ids[:-1])
             row_fact.append(f_i)
             subj_last.append(enc.subject_last)
             targets.append(enc.target_ids)
         kl_enc = encode_with_subject(tok, cfg.kl_prompt.format(fact.subject), fact.subject)
-        kl_row.append(len(rows))
         rows.append(kl_enc.input_ids)
         row_fact.append(f_i)
         subj_last.append(kl_enc.subject_last)
         targets.append([])
 
-    batch = make_batch(rows, pad_id(tok), dev, side="left")
     net = model.model
     keep_ok = accepts_logits_to_keep(net)
-    n_max = max(len(t) for t in targets)
-    keep = n_max if keep_ok else batch.input_ids.shape[1]
-    kwargs: dict[str, Any] = dict(batch.inputs(), use_cache=False)
-    if keep_ok:
-        kwargs["logits_to_keep"] = keep
-    cols = [batch.col(r, subj_last[r]) for r in range(len(rows))]
-    rows_idx = list(range(len(rows)))
+    n_templates = len(templates)
 
-    # gather indices for the target tokens: (row, column in the kept window, token id)
-    g_row, g_col, g_tok, g_owner = [], [], [], []
-    for r, tg in enumerate(targets):
-        n = len(tg)
-        for j, t in enumerate(tg):
-            g_row.append(r)
-            g_col.append(keep - n + j)
-            g_tok.append(t)
-            g_owner.append(r)
-    g_row_t = torch.tensor(g_row, device=dev)
-    g_col_t = torch.tensor(g_col, device=dev)
-    g_tok_t = torch.tensor(g_tok, device=dev)
-    # weight of each gathered token: 1 / (n target tokens of its row · n templates)
-    per_tok_w = torch.tensor([1.0 / (len(targets[r]) * len(templates)) for r in g_row], device=dev)
-    tok_fact = torch.tensor([row_fact[r] for r in g_row], device=dev)
-    kl_rows_t = torch.tensor(kl_row, device=dev)
+    def layout(active: Sequence[int]) -> _Layout:
+        """The batch of the rows of the ``active`` facts and where its loss looks."""
+        chosen = set(active)
+        sel = [r for r in range(len(rows)) if row_fact[r] in chosen]
+        batch = make_batch([rows[r] for r in sel], pad_id(tok), dev, side="left")
+        keep = max(len(targets[r]) for r in sel) if keep_ok else batch.input_ids.shape[1]
+        kwargs: dict[str, Any] = dict(batch.inputs(), use_cache=False)
+        if keep_ok:
+            kwargs["logits_to_keep"] = keep
+        g_row, g_col, g_tok, g_w, g_fact, g_plain = [], [], [], [], [], []
+        kl_rows, kl_fact, plain = [], [], []
+        for i, r in enumerate(sel):
+            tg = targets[r]
+            if not tg:
+                kl_rows.append(i)
+                kl_fact.append(row_fact[r])
+            if r in plain_rows:
+                plain.append(i)
+            for j, t in enumerate(tg):
+                if r in plain_rows:
+                    g_plain.append(len(g_row))
+                g_row.append(i)
+                g_col.append(keep - len(tg) + j)
+                g_tok.append(t)
+                g_w.append(1.0 / (len(tg) * n_templates))  # mean over tokens, then templates
+                g_fact.append(row_fact[r])
+        t = lambda xs, **kw: torch.tensor(xs, device=dev, **kw)  # noqa: E731
+        return _Layout(
+            kwargs=kwargs,
+            rows=list(range(len(sel))),
+            cols=[batch.col(i, subj_last[r]) for i, r in enumerate(sel)],
+            row_fact=t([row_fact[r] for r in sel]),
+            g_row=t(g_row), g_col=t(g_col), g_tok=t(g_tok), g_w=t(g_w), g_fact=t(g_fact), g_plain=t(g_plain, dtype=torch.long),
+            kl_rows=t(kl_rows), kl_fact=t(kl_fact), plain=plain,
+        )
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_bf16(cfg.bf16) and dev.type == "cpu")
     n_facts = len(facts)
-    # the plain prompt's target tokens: the stop criterion needs each to be the argmax
-    plain_set = set(plain_row)
-    plain_tok = torch.tensor([i for i, r in enumerate(g_row) if r in plain_set], device=dev)
-    plain_fact = torch.tensor([row_fact[g_row[i]] for i in plain_tok.tolist()], device=dev)
-
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cpu")
+    everyone = list(range(n_facts))
+    lay = layout(everyone)
 
     with frozen(model):
         with torch.no_grad(), trace(model, [path], inputs=False, outputs=True) as rec, autocast:
-            out0 = net(**kwargs)
+            out0 = net(**lay.kwargs)
         y0 = rec.outputs[path].float()
-        initial = torch.stack([y0[r, cols[r]] for r in plain_row])  # (n_facts, d)
-        kl_ref = torch.log_softmax(out0.logits[kl_rows_t, -1].float(), dim=-1)
+        initial = torch.stack([y0[i, lay.cols[i]] for i in lay.plain])  # (n_facts, d), fact order
+        kl_ref = torch.zeros(n_facts, out0.logits.shape[-1], device=dev)
+        kl_ref[lay.kl_fact] = torch.log_softmax(out0.logits[lay.kl_rows, -1].float(), dim=-1)
+        del out0, y0
 
         deltas = torch.zeros_like(initial, requires_grad=True)
         opt = torch.optim.Adam([deltas], lr=cfg.lr)
         max_norm = cfg.clamp_norm_factor * initial.norm(dim=-1)
         init_sq = (initial.norm(dim=-1) ** 2).clamp(min=1e-12)
-        fact_of_row = torch.tensor(row_fact, device=dev)
         res = ValueSearchResult(deltas=initial, initial=initial)
-        nll_f = torch.zeros(n_facts)
         best_loss = torch.full((n_facts,), float("inf"), device=dev)
         best_delta = torch.zeros_like(initial)
         best_nll = torch.zeros(n_facts, device=dev)
+        active = everyone
         for step in range(cfg.steps + 1):
+            act = torch.tensor(active, device=dev)
             if direction is not None:
-                perturb = add_rank_one(model, path, deltas[fact_of_row], direction)
+                perturb = add_rank_one(model, path, deltas[lay.row_fact], direction)
             else:
-                perturb = add_at(model, path, rows_idx, cols, deltas[fact_of_row])
+                perturb = add_at(model, path, lay.rows, lay.cols, deltas[lay.row_fact])
             with perturb, autocast:
-                logits = net(**kwargs).logits
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            tok_lp = logp[g_row_t, g_col_t, g_tok_t]
-            nll_f = torch.zeros(n_facts, device=dev).index_add(0, tok_fact, -tok_lp * per_tok_w)
-            kl_lp = logp[kl_rows_t, -1]
-            kl_f = (kl_ref.exp() * (kl_ref - kl_lp)).sum(-1)
+                logits = net(**lay.kwargs).logits
+            # log-softmax only where the loss looks (target tokens, the KL rows' last
+            # token): the full (rows, keep, vocab) tensor dominated a batch's memory
+            tgt_lp = torch.log_softmax(logits[lay.g_row, lay.g_col].float(), dim=-1)  # (tokens, vocab)
+            tok_lp = tgt_lp.gather(1, lay.g_tok[:, None])[:, 0]
+            nll_f = torch.zeros(n_facts, device=dev).index_add(0, lay.g_fact, -tok_lp * lay.g_w)
+            kl_lp = torch.log_softmax(logits[lay.kl_rows, -1].float(), dim=-1)
+            del logits
+            ref = kl_ref[lay.kl_fact]
+            kl_f = torch.zeros(n_facts, device=dev).index_add(0, lay.kl_fact, (ref.exp() * (ref - kl_lp)).sum(-1))
             wd_f = cfg.weight_decay * (deltas.norm(dim=-1) ** 2) / init_sq
             loss_f = nll_f + cfg.kl_factor * kl_f + wd_f
-            loss = loss_f.sum()
+            loss = loss_f[act].sum()
             with torch.no_grad():
-                better = loss_f < best_loss
+                better = torch.zeros(n_facts, dtype=torch.bool, device=dev)
+                better[act] = loss_f[act] < best_loss[act]
                 best_loss = torch.where(better, loss_f, best_loss)
                 best_delta[better] = deltas[better]
                 best_nll = torch.where(better, nll_f, best_nll)
-                hit = logp[g_row_t[plain_tok], g_col_t[plain_tok]].argmax(-1) == g_tok_t[plain_tok]
-                plain_ok = ~torch.zeros(n_facts, dtype=torch.bool, device=dev).index_put((plain_fact[~hit],), torch.tensor(True, device=dev))
+                # a fact is done when its mean NLL is below tol and the plain prompt's
+                # every target token is the argmax
+                miss = tgt_lp[lay.g_plain].argmax(-1) != lay.g_tok[lay.g_plain]
+                plain_ok = torch.ones(n_facts, dtype=torch.bool, device=dev)
+                plain_ok[lay.g_fact[lay.g_plain][miss]] = False
+                done = [f for f in active if float(nll_f[f]) < cfg.nll_tol and bool(plain_ok[f])]
+                for f in done:  # converged: the current δ
+                    best_delta[f] = deltas[f]
+                    best_nll[f] = nll_f[f]
             res.loss.append(float(loss.detach()))
-            res.nll.append(nll_f.tolist())
-            log.debug("v search step %d: loss %.4f nll %s plain ok %s", step, float(loss.detach()), [round(x, 3) for x in nll_f.tolist()], plain_ok.tolist())
-            if float(nll_f.detach().max()) < cfg.nll_tol and bool(plain_ok.all()):
-                best_delta, best_nll = deltas.detach().clone(), nll_f.detach()  # converged: the current δ
+            res.nll.append(nll_f.detach().tolist())
+            log.debug("v search step %d: loss %.4f, %d active, %d converged now", step, float(loss.detach()), len(active), len(done))
+            active = [f for f in active if f not in set(done)]
+            if not active or step == cfg.steps:
                 break
-            if step == cfg.steps:
-                break
+            if done:  # each fact stops on its own: drop the converged facts' rows
+                loss = loss_f[torch.tensor(active, device=dev)].sum()
+                lay_next = layout(active)
+            else:
+                lay_next = lay
             opt.zero_grad()
             loss.backward()
             opt.step()
             res.steps = step + 1
+            lay = lay_next
             with torch.no_grad():
                 norms = deltas.norm(dim=-1)
                 scale = torch.where(norms > max_norm, max_norm / norms.clamp(min=1e-12), torch.ones_like(norms))

@@ -76,12 +76,13 @@ def stats_path(model: LoadedModel, layer: int, corpus: str, samples: int, seed: 
 def _model_corpus_rows(model: LoadedModel, samples: int, seed: int) -> list[list[int]]:
     """Token rows sampled from the model (cached as JSONL next to the statistics)."""
     n_docs = -(-samples // MODEL_DOC_TOKENS)
-    path = stats_root() / f"{base_fingerprint(model)[:16]}-corpus-seed{seed}-docs{n_docs}x{MODEL_DOC_TOKENS}.jsonl"
+    path = stats_root() / f"{base_fingerprint(model)[:16]}-corpus-seed{seed}-docs{n_docs}x{MODEL_DOC_TOKENS}-fp32.jsonl"
     if path.exists():
         return [json.loads(line)["ids"] for line in path.read_text().splitlines() if line]
     log.info("sampling %d documents of %d tokens from the model for statistics (one time)", n_docs, MODEL_DOC_TOKENS)
     t = time.perf_counter()
-    rows = sample_token_rows(model, n_docs, MODEL_DOC_TOKENS, seed=seed, top_k=50, autocast_bf16=True)
+    # float32: the same corpus on every CPU (bf16 sampling would depend on the hardware)
+    rows = sample_token_rows(model, n_docs, MODEL_DOC_TOKENS, seed=seed, top_k=50)
     log.info("sampled the corpus in %.1fs", time.perf_counter() - t)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps({"ids": r}) + "\n" for r in rows))

@@ -150,13 +150,14 @@ def causal_trace(
     scale: float | None = None,
     answer_id: int | None = None,
     chunk_rows: int = 256,
-    bf16: bool = False,
+    bf16: bool | None = None,
     positions: Sequence[int] | None = None,
 ) -> TraceResult:
     """Trace ``prompt`` (which contains ``subject``) for one ``kind``; see the module
     docstring. ``answer_id`` defaults to the model's greedy next token; ``scale`` to
     :func:`noise_scale` over this prompt. ``bf16``: autocast the corrupted passes (about
-    3× faster on CPUs with AMX; probabilities then carry bf16 rounding).
+    3× faster on CPUs with AMX; probabilities then carry bf16 rounding; None: only where
+    the CPU has native bf16).
 
     Cells before the subject's first token are not run: causal attention keeps their
     state identical in the clean and corrupted runs, so restoring them changes nothing
@@ -187,7 +188,9 @@ def causal_trace(
     noise = (torch.randn(samples, len(subj), model.hidden_size, generator=gen) * scale).to(dev)
 
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(net) else {}
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+    from .precision import resolve_bf16
+
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=resolve_bf16(bf16) and dev.type == "cpu")
 
     def run(rows: int) -> torch.Tensor:
         """Mean answer probability per group of ``samples`` rows."""

@@ -38,7 +38,7 @@ PARAMS = (
         True,
         "value search runs the layer as the rank-one edit will (delta * d^T k at every token); off = the paper's delta added at the subject's last token",
     ),
-    Param("bf16", "bool", True, "bf16 autocast in the value search (fast on CPUs with AMX; off = exact fp32)"),
+    Param("bf16", "bool", None, "bf16 autocast in the value search (default: on only where the CPU has native bf16, AMX or AVX512-BF16; off = exact fp32)"),
 )
 
 # Chosen on SmolLM2-135M-Instruct (30 layers) by bench/rome_layer_sweep.py; see

@@ -72,7 +72,7 @@ class ROMEConfig:
     context_count: int = 5
     context_lengths: list[int] = field(default_factory=lambda: [5, 10])
     seed: int = 0
-    bf16: bool = True
+    bf16: bool | None = None  # None: auto (kedsl.toolkit.precision)
     edit_aware_search: bool = True
 
     @classmethod
@@ -94,15 +94,7 @@ class ROMEConfig:
         return cls(**values)
 
     def value_search(self) -> ValueSearchConfig:
-        return ValueSearchConfig(
-            lr=self.v_lr,
-            steps=self.v_steps,
-            weight_decay=self.v_weight_decay,
-            kl_factor=self.kl_factor,
-            clamp_norm_factor=self.clamp_norm_factor,
-            nll_tol=self.v_nll_tol,
-            bf16=self.bf16,
-        )
+        return ValueSearchConfig.from_method(self)
 
 
 def compute_key(model: LoadedModel, layer: int, request: EditRequest, templates: list[str]) -> torch.Tensor:

@@ -1,0 +1,114 @@
+"""MEMIT speed on SmolLM2-135M-Instruct: seconds for one batch of N edits (statistics
+cached), seconds per edit against a single ROME edit, and peak memory; writes a PNG.
+
+    .venv/bin/python bench/memit_speed.py --sizes 10,100 --rome-edits 3 \
+        --png bench/results/memit_speed.png
+
+Statistics are computed (and cached) before timing, so the numbers are the per-batch
+cost a user pays once the cache is warm. Records come from ZsRE 0-499 (speed only, no
+tuning). Peak memory is the process's maximum RSS (ru_maxrss), which only grows: the
+value printed after each size is the peak up to then.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+ZSRE = REPO.parent / "shared" / "data" / "zsre_eval_head.json"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10,100", help="batch sizes, comma-separated")
+    ap.add_argument("--rome-edits", type=int, default=3, help="single ROME edits to time (median)")
+    ap.add_argument("--png", default=str(REPO / "bench" / "results" / "memit_speed.png"))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    import kedsl_memit
+    import kedsl_rome
+    from kedsl.editing import EditContext, EditRequest, WeightJournal
+    from kedsl.model.loading import load_model
+    from kedsl.params import resolve_params
+    from kedsl.registry import Registry
+    from kedsl.toolkit.stats import second_moment
+    from kedsl_memit.memit import MEMIT, MEMITConfig
+    from kedsl_rome.rome import ROME, ROMEConfig
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    records = [r for r in json.loads(ZSRE.read_text())[:500] if r["alt"].strip()]
+    if max(sizes) > len(records):
+        raise SystemExit(f"at most {len(records)} edits from records 0-499")
+    requests = [EditRequest(subject=r["subject"], prompt=r["src"], target=r["alt"]) for r in records]
+    model = load_model("smollm2-135m", {})
+    reg = Registry(plugins=[kedsl_memit, kedsl_rome], entry_points=False)
+    family = model.arch.preset_family
+
+    def params(name: str) -> dict:
+        spec = reg.method(name)
+        return resolve_params(spec.params, {}, spec.presets, family)
+
+    mp, rp = params("memit"), params("rome")
+    mcfg, rcfg = MEMITConfig.from_params(mp), ROMEConfig.from_params(rp, model=model)
+    for l in mcfg.layers:  # warm the statistics cache (one layer at a time)
+        second_moment(model, l, mcfg.stats_corpus, mcfg.mom2_samples, mcfg.seed)
+    second_moment(model, rcfg.layer, rcfg.stats_corpus, rcfg.mom2_samples, rcfg.seed)
+
+    def run(method, reqs, p) -> float:
+        ctx = EditContext(weights=WeightJournal(model.model), cache_dir=Path("/tmp"), seed=0)
+        t = time.perf_counter()
+        out = method.apply(model, reqs, p, ctx)
+        seconds = time.perf_counter() - t
+        out.undo(model)
+        return seconds
+
+    rome_s = statistics.median(run(ROME(), [requests[i]], rp) for i in range(args.rome_edits))
+    print(f"rome single edit (median of {args.rome_edits}): {rome_s:.1f} s; peak RSS {peak_rss_mib():.0f} MiB")
+    rows = []
+    for n in sizes:
+        s = run(MEMIT(), requests[:n], mp)
+        rows.append({"edits": n, "seconds": s, "per_edit": s / n, "vs_rome": s / n / rome_s, "peak_rss_mib": peak_rss_mib()})
+        print(f"memit {n:5d} edits: {s:7.1f} s, {s / n:6.2f} s/edit = {s / n / rome_s:.2f} x rome; peak RSS {peak_rss_mib():.0f} MiB")
+    result = {"rome_seconds": rome_s, "memit": rows, "layers": mcfg.layers, "threads": args.threads}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r["edits"] for r in rows]
+    ax.plot(xs, [r["per_edit"] for r in rows], "o-", label="MEMIT s/edit (one batch)")
+    ax.axhline(rome_s, color="gray", ls="--", label=f"ROME single edit {rome_s:.1f} s")
+    for r in rows:
+        ax.annotate(f"{r['seconds']:.0f} s total\n{r['per_edit']:.2f} s/edit", (r["edits"], r["per_edit"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("edits in one batch")
+    ax.set_ylabel("seconds per edit")
+    ax.set_title(f"MEMIT on SmolLM2-135M, {args.threads} CPU thread(s); peak RSS {rows[-1]['peak_rss_mib']:.0f} MiB")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.png, dpi=120)
+    print(f"plot: {args.png}")
+
+
+if __name__ == "__main__":
+    main()

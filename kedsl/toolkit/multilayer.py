@@ -1,0 +1,240 @@
+"""Multi-layer key-value updates: the part MEMIT and AlphaEdit share.
+
+For ``n`` facts and edited layers ``l_1 < … < l_m`` (``L = l_m``), with ``W_l`` the MLP
+output projection of layer ``l`` (keys: its input; values: its output):
+
+1. targets (:func:`search_targets`): ``z_i = h_L(i) + δ_i`` where ``h_L(i)`` is the
+   residual stream after layer ``L`` at fact ``i``'s subject last token and ``δ_i`` comes
+   from :func:`kedsl.toolkit.optimize.search_values`, all facts of a chunk in one batch;
+2. :func:`spread_update`: for each layer ``l_j`` in ascending order, on the model as
+   updated so far:
+
+   * keys ``K`` (``d_in × n``): ``W``'s input at the subject's last token, averaged over
+     the context templates (:func:`compute_keys`);
+   * residual ``R`` (``d_out × n``): ``(z − h_L) / (m − j + 1)``, the share of the
+     remaining gap this layer takes (``h_L`` read again with the earlier layers updated);
+   * ``ΔW = solve(layer, K, R)``, the method's own rule (MEMIT: :func:`least_squares_update`;
+     AlphaEdit: the same projected onto the null space of preserved keys);
+   * ``W += ΔW`` through the edit's weight journal (GPT-2's Conv1D stores ``W``
+     transposed), so the executor can undo it bit-exactly.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..editing import EditContext, EditRequest, WeightJournal
+from ..errors import UsageError
+from ..model.handle import LoadedModel
+from .activations import read_at
+from .context import context_templates
+from .optimize import Fact, ValueSearchConfig, search_values, template_prefix
+from .tokens import encode_with_subject
+
+log = logging.getLogger(__name__)
+
+#: ``solve(layer, K, R) -> ΔW``: float64, ``(d_out, d_in)`` in the un-transposed orientation.
+LayerSolver = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def residual_path(model: LoadedModel, layer: int) -> str:
+    """The module whose (first) output is the residual stream after ``layer``."""
+    return f"{model.arch.layers}.{layer}"
+
+
+def compute_keys(model: LoadedModel, layer: int, requests: Sequence[EditRequest], templates: Sequence[str]) -> torch.Tensor:
+    """``K``: for each request, the mean over templates of layer ``layer``'s MLP output
+    projection input at the subject's last token; one batched pass, float32 ``(d_in, n)``."""
+    rows, positions = [], []
+    for r in requests:
+        for t in templates:
+            enc = encode_with_subject(model.tokenizer, r.prompt, r.subject, prefix=template_prefix(t))
+            rows.append(enc.input_ids)
+            positions.append(enc.subject_last)
+    keys = read_at(model, model.arch.mlp_out.format(layer), rows, positions, "input").float()
+    return keys.reshape(len(requests), len(templates), -1).mean(1).T.contiguous()
+
+
+def current_outputs(model: LoadedModel, layer: int, requests: Sequence[EditRequest]) -> torch.Tensor:
+    """``h``: the residual stream after ``layer`` at each plain prompt's subject last token,
+    float32 ``(d, n)``."""
+    encs = [encode_with_subject(model.tokenizer, r.prompt, r.subject) for r in requests]
+    h = read_at(model, residual_path(model, layer), [e.input_ids for e in encs], [e.subject_last for e in encs], "output")
+    return h.float().T.contiguous()
+
+
+def least_squares_update(keys: torch.Tensor, residuals: torch.Tensor, mom2: torch.Tensor | None, update_weight: float) -> torch.Tensor:
+    """``ΔW`` (float64, ``d_out × d_in``) minimising ``λ·tr(ΔW C ΔWᵀ) + ‖ΔW K − R‖²``:
+    setting the gradient to zero gives ``ΔW (λC + K Kᵀ) = R Kᵀ``, solved as
+    ``(λC + K Kᵀ) ΔWᵀ = K Rᵀ``; for ``λ = 0`` (or no ``C``) the minimum-norm
+    least-squares ``R K⁺``. ``keys``: ``(d_in, n)``; ``residuals``: ``(d_out, n)``."""
+    k = keys.double()
+    r = residuals.double()
+    if mom2 is None or update_weight == 0:
+        return r @ torch.linalg.pinv(k)
+    a = update_weight * mom2.double() + k @ k.T
+    return torch.linalg.solve(a, k @ r.T).T
+
+
+@dataclass
+class MultiLayerConfig:
+    """The parameters every multi-layer method shares; a method's config subclasses it
+    with its own (the documentation of each is in the plugin's PARAMS)."""
+
+    layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
+    mom2_samples: int = 8192
+    stats_corpus: str = "model"
+    v_lr: float = 0.5
+    v_steps: int = 25
+    v_weight_decay: float = 0.5
+    v_nll_tol: float = 0.05
+    kl_factor: float = 0.0625
+    clamp_norm_factor: float = 0.75
+    context_count: int = 5
+    context_lengths: list[int] = field(default_factory=lambda: [5, 10])
+    seed: int = 0
+    bf16: bool | None = None  # None: auto (kedsl.toolkit.precision)
+    v_batch: int = 0
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], default_seed: int = 0, method: str = "method") -> Any:
+        known = {f.name for f in fields(cls)}
+        unknown = set(params) - known
+        if unknown:
+            raise UsageError(f"unknown {method} parameter(s): {', '.join(sorted(unknown))}", f"see `kedsl plugins` for {method}'s parameters")
+        values = {k: v for k, v in params.items() if v is not None}
+        values.setdefault("seed", default_seed)
+        cfg = cls(**values)
+        cfg.layers = sorted(set(cfg.layers))
+        if not cfg.layers:
+            raise UsageError(f"{method} needs at least one layer", "give layers=4..8, for example")
+        return cfg
+
+    def check(self, model: LoadedModel, requests: Sequence[EditRequest], method: str) -> None:
+        """Layers exist and every request is an edit (these methods only write facts)."""
+        for layer in self.layers:
+            model.check_layer(layer)
+        for r in requests:
+            if r.kind != "edit":
+                raise UsageError(f"{method} cannot {r.kind} facts, only edit them", "use edit statements")
+
+    def touched(self, model: LoadedModel) -> list[str]:
+        """The weights an edit changes (for ``kedsl plan``): the layers' MLP output projections."""
+        for layer in self.layers:
+            model.check_layer(layer)
+        return [model.mlp_out_weight_name(layer) for layer in self.layers]
+
+    def value_search(self) -> ValueSearchConfig:
+        return ValueSearchConfig.from_method(self)
+
+
+@dataclass
+class Targets:
+    """The target hidden states of a batch and how the search went."""
+
+    z: torch.Tensor  # (d, n) float32
+    steps: int
+    seconds: float
+    loss: list[list[float]] = field(default_factory=list)  # per chunk, per step
+    target_prob: list[float] = field(default_factory=list)  # per fact
+
+
+def search_targets(
+    model: LoadedModel,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    last_layer: int,
+    config: ValueSearchConfig,
+    chunk: int = 0,
+) -> Targets:
+    """``z`` for every request: the residual stream after ``last_layer`` that makes the
+    model say its target. Facts are searched ``chunk`` at a time (0: all together); the
+    search's memory grows with the rows of a chunk (facts × templates)."""
+    facts = [Fact(r.prompt, r.subject, r.target) for r in requests]
+    size = chunk or len(facts)
+    parts = []
+    for i in range(0, len(facts), size):
+        part = search_values(model, residual_path(model, last_layer), facts[i : i + size], templates, config)
+        log.info(
+            "target search: facts %d-%d of %d, %d steps, %.1fs, mean target prob %.3f",
+            i, i + len(part.target_prob) - 1, len(facts), part.steps, part.seconds, sum(part.target_prob) / len(part.target_prob),
+        )
+        parts.append(part)
+    return Targets(
+        z=torch.cat([p.targets for p in parts]).float().T.contiguous(),
+        steps=max(p.steps for p in parts),
+        seconds=sum(p.seconds for p in parts),
+        loss=[p.loss for p in parts],
+        target_prob=[x for p in parts for x in p.target_prob],
+    )
+
+
+def spread_update(
+    model: LoadedModel,
+    requests: Sequence[EditRequest],
+    layers: Sequence[int],
+    templates: Sequence[str],
+    targets: torch.Tensor,
+    solve: LayerSolver,
+    weights: WeightJournal,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Write ``targets`` (``(d, n)``, after the last of ``layers``) into the MLP output
+    projections of ``layers`` (step 2 of the module docstring). Returns what happened per
+    layer and the mean remaining gap ``‖z − h_L‖`` after the update."""
+    layers = sorted(layers)
+    last = layers[-1]
+    per_layer: list[dict[str, float]] = []
+    for j, layer in enumerate(layers):
+        if progress:
+            progress(f"layer {layer}")
+        keys = compute_keys(model, layer, requests, templates)
+        gap = targets - current_outputs(model, last, requests)
+        residuals = gap / (len(layers) - j)
+        delta = solve(layer, keys, residuals)
+        name = model.mlp_out_weight_name(layer)
+        w = model.parameter(name)
+        update = delta.T if model.arch.transposed else delta
+        if tuple(update.shape) != tuple(w.shape):
+            raise RuntimeError(f"update shape {tuple(update.shape)} does not match {name} {tuple(w.shape)}")
+        weights.add_(name, update)
+        per_layer.append({"layer": layer, "gap_norm": float(gap.norm(dim=0).mean()), "update_norm": float(delta.norm())})
+        log.debug("layer %d: mean gap %.3f, ||dW|| %.3f", layer, per_layer[-1]["gap_norm"], per_layer[-1]["update_norm"])
+    final_gap = targets - current_outputs(model, last, requests)
+    return {"per_layer": per_layer, "final_gap_norm": float(final_gap.norm(dim=0).mean())}
+
+
+def multilayer_edit(
+    model: LoadedModel,
+    requests: Sequence[EditRequest],
+    cfg: MultiLayerConfig,
+    context: EditContext,
+    solve: LayerSolver,
+    method: str,
+) -> dict[str, Any]:
+    """A whole multi-layer edit: check, context templates, targets for all requests,
+    the spread over ``cfg.layers`` with the method's ``solve``; returns the outcome info."""
+    cfg.check(model, requests, method)
+    say = context.progress or (lambda s: None)
+    t0 = time.perf_counter()
+    templates = context_templates(model, cfg.context_lengths, cfg.context_count, cfg.seed)
+    say(f"{method}: target search for {len(requests)} facts")
+    found = search_targets(model, requests, templates, cfg.layers[-1], cfg.value_search(), cfg.v_batch)
+    spread = spread_update(model, requests, cfg.layers, templates, found.z, solve, context.weights, lambda s: say(f"{method}: {s}"))
+    seconds = time.perf_counter() - t0
+    log.info("%s: %d facts, layers %s, %d search steps, %.1fs (search %.1fs)", method, len(requests), cfg.layers, found.steps, seconds, found.seconds)
+    return {
+        "layers": list(cfg.layers),
+        "facts": len(requests),
+        "steps": found.steps,
+        "v_loss": found.loss[0] if len(found.loss) == 1 else found.loss,
+        "seconds": seconds,
+        "search_seconds": found.seconds,
+        "search_target_prob": found.target_prob,
+        "templates": len(templates),
+        **spread,
+    }

@@ -1,0 +1,36 @@
+"""When bf16 autocast pays off on this machine.
+
+On CPUs with AMX or AVX512-BF16, bf16 matrix products run several times faster than
+float32 (measured about 980 against 146 GFLOP/s on an AMX machine). Without them PyTorch
+emulates bf16 and autocast is far *slower* than float32 (measured on an AVX2-only CPU: a
+Linear forward at 12.5 against 73 GFLOP/s, forward+backward 45x slower). So every
+"bf16" switch in kedsl defaults to ``None`` = :func:`bf16_is_fast`. ``KEDSL_BF16=1`` or
+``0`` overrides the detection.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_is_fast() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16)."""
+    forced = os.environ.get("KEDSL_BF16")
+    if forced is not None:
+        return forced.strip().lower() in ("1", "true", "yes", "on")
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return any(f in flags for f in NATIVE_BF16_FLAGS)
+    return False  # unknown CPU: float32 is never the slow choice by much
+
+
+def resolve_bf16(flag: bool | None) -> bool:
+    """``flag`` as given, or the detection when it is ``None`` (auto)."""
+    return bf16_is_fast() if flag is None else bool(flag)

@@ -1,0 +1,177 @@
+"""MEMIT (plugins/kedsl_memit) on tiny in-process LLaMA and GPT-2 models.
+
+As in test_rome.py the output head is scaled (``sharpen``) so a random-init model has a
+definite argmax; the mechanics under test (batched targets, keys, the per-layer
+least-squares solve, orientation, `batch using memit` in scripts, determinism) are the
+same as on a real model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import method_params, sharpen
+
+import kedsl_memit
+from kedsl.editing import EditContext, EditRequest, WeightJournal
+from kedsl.errors import UsageError
+from kedsl.registry import Registry
+from kedsl.scoring import teacher_forced
+
+REQUESTS = [
+    EditRequest(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux", target="French"),
+    EditRequest(subject="Toyota", prompt="The headquarters of Toyota", target="Paris"),
+    EditRequest(subject="Watts Humphrey", prompt="What university did Watts Humphrey", target="city"),
+    EditRequest(subject="the Colosseum", prompt="The city of the Colosseum", target="University"),
+]
+FAST = {
+    "layers": [1, 2],
+    "mom2_samples": 1500,
+    "mom2_update_weight": 1.0,
+    "context_count": 2,
+    "context_lengths": [4],
+    "v_steps": 30,
+    "v_lr": 0.5,
+    "v_weight_decay": 0.0,
+    "clamp_norm_factor": 1e4,
+    "bf16": False,
+}
+
+
+
+def params(**over):
+    return method_params(kedsl_memit, "memit", FAST, **over)
+
+
+def run_memit(model, requests=REQUESTS, **over):
+    from kedsl_memit.memit import MEMIT
+
+    ctx = EditContext(weights=WeightJournal(model.model), cache_dir=Path("/tmp"), seed=0)
+    return MEMIT().apply(model, list(requests), params(**over), ctx)
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_memit_batch_makes_every_target_the_argmax_and_touches_only_its_layers(fixture, request):
+    model = sharpen(request.getfixturevalue(fixture))
+    pairs = [(r.prompt, r.target) for r in REQUESTS]
+    assert not all(s.predicted == s.target_ids for s in teacher_forced(model, pairs))
+    before = snapshot(model)
+    outcome = run_memit(model)
+    for s in teacher_forced(model, pairs):
+        assert s.predicted == s.target_ids
+    names = [model.mlp_out_weight_name(l) for l in (1, 2)]
+    assert sorted(outcome.changes) == sorted(names)
+    after = snapshot(model)
+    assert sorted(k for k in before if not torch.equal(before[k], after[k])) == sorted(names)
+    # the later layer closed (most of) what the first left: the final gap is far below the first
+    assert outcome.info["final_gap_norm"] < 0.3 * outcome.info["per_layer"][0]["gap_norm"]
+    outcome.undo(model)
+    assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_memit_layer_update_is_the_weighted_least_squares_solution(fixture, request):
+    """The update applied to each layer solves ΔW (λC + K Kᵀ) = R Kᵀ (normal equations of
+    λ·tr(ΔW C ΔWᵀ) + ‖ΔW K − R‖²), checked on the real keys and statistics of the first layer."""
+    from kedsl.toolkit.context import context_templates
+    from kedsl.toolkit.stats import second_moment
+    from kedsl.toolkit.multilayer import compute_keys, current_outputs, least_squares_update as layer_update
+
+    model = sharpen(request.getfixturevalue(fixture))
+    p = params(mom2_update_weight=3.0)
+    templates = context_templates(model, p["context_lengths"], p["context_count"], 0)
+    keys = compute_keys(model, 1, REQUESTS, templates)
+    mom2 = second_moment(model, 1, "model", p["mom2_samples"], 0)
+    outcome = run_memit(model, mom2_update_weight=3.0)
+    delta = outcome.changes[model.mlp_out_weight_name(1)].delta.double()
+    dw = delta.T if model.arch.transposed else delta  # (d_out, d_in)
+    assert dw.shape[1] == keys.shape[0]
+    # recover R from the normal equations' right-hand side and check the solve there
+    k, c = keys.double(), mom2.double()
+    lhs = dw @ (3.0 * c + k @ k.T)
+    r_fit = torch.linalg.lstsq(k, lhs.T).solution.T  # R with R Kᵀ = lhs, i.e. K Rᵀ = lhsᵀ
+    torch.testing.assert_close(r_fit @ k.T, lhs, atol=1e-3 * float(lhs.abs().max()), rtol=1e-3)
+    # and that R is the first layer's share (1/2 of 2 layers) of the gap to the targets
+    half_gap = outcome.info["per_layer"][0]["gap_norm"] / 2
+    assert abs(float(r_fit.norm(dim=0).mean()) - half_gap) < 1e-3 * half_gap
+    # the function itself, on random data: normal equations hold and the gradient vanishes
+    g = torch.Generator().manual_seed(0)
+    kk = torch.randn(keys.shape[0], 5, generator=g, dtype=torch.float64)
+    rr = torch.randn(dw.shape[0], 5, generator=g, dtype=torch.float64)
+    cc = c + 1e-3 * torch.eye(c.shape[0], dtype=torch.float64)
+    d = layer_update(kk, rr, cc, 2.0)
+    torch.testing.assert_close(d @ (2.0 * cc + kk @ kk.T), rr @ kk.T, atol=1e-8, rtol=1e-8)
+    grad = 2 * 2.0 * d @ cc + 2 * (d @ kk - rr) @ kk.T
+    assert float(grad.abs().max()) < 1e-8
+    # λ = 0: exact interpolation of the residuals (n < d_in)
+    torch.testing.assert_close(layer_update(kk, rr, None, 0.0) @ kk, rr, atol=1e-8, rtol=1e-8)
+    assert current_outputs(model, 2, REQUESTS).shape == (model.model.config.hidden_size, len(REQUESTS))
+
+
+def test_memit_is_deterministic(tiny_llama):
+    from conftest import make_tiny_llama
+
+    a = run_memit(sharpen(tiny_llama))
+    b = run_memit(sharpen(make_tiny_llama(tiny_llama.tokenizer)))
+    for name in a.changes:
+        assert torch.equal(a.changes[name].after, b.changes[name].after)
+
+
+def test_memit_rejects_unknown_params_and_other_kinds(tiny_llama):
+    from kedsl_memit.memit import MEMITConfig
+
+    with pytest.raises(UsageError):
+        MEMITConfig.from_params({"layer": 3})
+    erase = EditRequest(subject="Toyota", prompt="Toyota has its headquarters in", target="x", kind="erase")
+    with pytest.raises(UsageError):
+        run_memit(tiny_llama, [erase])
+
+
+def test_descriptor_module_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['torch'] = None; import kedsl_memit; print(kedsl_memit.register_methods()[0].name)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "memit"
+
+
+def test_batch_block_in_a_script_is_one_memit_update(tiny_tokenizer, tmp_path):
+    import json
+
+    from conftest import make_tiny_llama
+
+    import kedsl_architectures
+    import kedsl_metrics
+    import kedsl_relations
+    from kedsl import api
+
+    registry = Registry(plugins=[kedsl_memit, kedsl_architectures, kedsl_metrics, kedsl_relations], entry_points=False)
+    args = ", ".join(f"{k}={json.dumps(v)}" for k, v in FAST.items() if k != "layers")
+    script = tmp_path / "b.ke"
+    script.write_text(
+        'model "tiny";\nrelation near "The city of {}";\n'
+        f"batch using memit(layers=1..2, {args}) {{\n"
+        '  edit "Paris" near -> "University";\n  edit "Toyota" near -> "French";\n}\n'
+    )
+    model = sharpen(make_tiny_llama(tiny_tokenizer))
+    report = api.apply(str(script), db=tmp_path / "k.db", out=tmp_path / "out", model=model, registry=registry)
+    assert [r.status for r in report.edits] == ["applied", "applied"]
+    for s in teacher_forced(model, [("The city of Paris", "University"), ("The city of Toyota", "French")]):
+        assert s.predicted == s.target_ids
+    saved = json.loads((tmp_path / "out" / "kedsl.json").read_text())
+    assert saved["fingerprint"] == model.fingerprint()
+
+
+def test_memit_target_search_in_chunks_still_writes_every_fact(tiny_llama):
+    model = sharpen(tiny_llama)
+    outcome = run_memit(model, v_batch=3)  # chunks of 3 and 1 facts
+    assert len(outcome.info["search_target_prob"]) == len(REQUESTS)
+    assert len(outcome.info["v_loss"]) == 2
+    for s in teacher_forced(model, [(r.prompt, r.target) for r in REQUESTS]):
+        assert s.predicted == s.target_ids
