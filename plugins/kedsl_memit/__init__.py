@@ -21,10 +21,10 @@ PARAMS = (
 PRESETS = (
     Preset(
         family="llama",
-        values={"layers": [4, 5, 6, 7, 8]},
+        values={"layers": [4, 5, 6, 7, 8], "mom2_update_weight": 100.0},
         measured_by=(
-            "NOT measured yet: a prior (layers around ROME's SmolLM2 layer 6, ~0.13-0.27 of depth, "
-            "as MEMIT's 3..8 of GPT-J's 28); see kedsl_memit.memit.SWEEP for what has been run"
+            "lambda swept on ZsRE records 0-9 in one batch (bench/multilayer_sweep.py; table in "
+            "kedsl_memit.memit.SWEEP); layers are a prior (around ROME's layer 6), not swept"
         ),
     ),
     Preset(
