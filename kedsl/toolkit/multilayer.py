@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -83,8 +83,9 @@ def least_squares_update(keys: torch.Tensor, residuals: torch.Tensor, mom2: torc
 @dataclass
 class MultiLayerConfig:
     """The parameters every multi-layer method shares; a method's config subclasses it
-    with its own (the documentation of each is in the plugin's PARAMS)."""
+    with its own (the documentation of each is in the plugin's PARAMS) and its name."""
 
+    method: ClassVar[str] = "method"  # the method's registered name, for messages
     layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
     mom2_samples: int = 8192
     stats_corpus: str = "model"
@@ -98,10 +99,11 @@ class MultiLayerConfig:
     context_lengths: list[int] = field(default_factory=lambda: [5, 10])
     seed: int = 0
     bf16: bool | None = None  # None: auto (kedsl.toolkit.precision)
-    v_batch: int = 0
+    v_batch: int = 10
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], default_seed: int = 0, method: str = "method") -> Any:
+    def from_params(cls, params: dict[str, Any], default_seed: int = 0) -> Any:
+        method = cls.method
         known = {f.name for f in fields(cls)}
         unknown = set(params) - known
         if unknown:
@@ -114,16 +116,16 @@ class MultiLayerConfig:
             raise UsageError(f"{method} needs at least one layer", "give layers=4..8, for example")
         return cfg
 
-    def check(self, model: LoadedModel, requests: Sequence[EditRequest], method: str) -> None:
+    def check(self, model: LoadedModel, requests: Sequence[EditRequest]) -> None:
         """Layers exist and every request is an edit (these methods only write facts)."""
-        for layer in self.layers:
-            model.check_layer(layer)
+        self.touched(model)
         for r in requests:
             if r.kind != "edit":
-                raise UsageError(f"{method} cannot {r.kind} facts, only edit them", "use edit statements")
+                raise UsageError(f"{self.method} cannot {r.kind} facts, only edit them", "use edit statements")
 
     def touched(self, model: LoadedModel) -> list[str]:
-        """The weights an edit changes (for ``kedsl plan``): the layers' MLP output projections."""
+        """The weights an edit changes (for ``kedsl plan``): the layers' MLP output
+        projections; a layer the model lacks is a usage error."""
         for layer in self.layers:
             model.check_layer(layer)
         return [model.mlp_out_weight_name(layer) for layer in self.layers]
@@ -214,11 +216,11 @@ def multilayer_edit(
     cfg: MultiLayerConfig,
     context: EditContext,
     solve: LayerSolver,
-    method: str,
 ) -> dict[str, Any]:
     """A whole multi-layer edit: check, context templates, targets for all requests,
     the spread over ``cfg.layers`` with the method's ``solve``; returns the outcome info."""
-    cfg.check(model, requests, method)
+    cfg.check(model, requests)
+    method = cfg.method
     say = context.progress or (lambda s: None)
     t0 = time.perf_counter()
     templates = context_templates(model, cfg.context_lengths, cfg.context_count, cfg.seed)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -45,13 +45,9 @@ efficacy with locality >= 0.85; the threshold (relative 1e-2) and layers are not
 class AlphaEditConfig(MultiLayerConfig):
     """AlphaEdit's parameters (see kedsl_alphaedit.PARAMS for the documentation of each)."""
 
+    method: ClassVar[str] = "alphaedit"
     null_space_threshold: float = 1e-2
     l2: float = 10.0
-    v_batch: int = 10
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any], default_seed: int = 0, method: str = "alphaedit") -> "AlphaEditConfig":
-        return super().from_params(params, default_seed, method)
 
 
 def null_space_projection(mom2: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:
@@ -109,7 +105,7 @@ class AlphaEdit:
             new_cache[f"cache.{layer}"] = kk if earlier is None else earlier + kk
             return projected_update(keys, residuals, projection, earlier, cfg.l2)
 
-        info = multilayer_edit(model, requests, cfg, context, solve, "alphaedit")
+        info = multilayer_edit(model, requests, cfg, context, solve)
         # replace (never mutate) state entries: the executor's rollback restores a shallow copy
         context.state.update(new_cache)
         return context.outcome(null_space_dims=null_dims, **info)

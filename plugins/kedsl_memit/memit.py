@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -60,12 +60,8 @@ provisional."""
 class MEMITConfig(MultiLayerConfig):
     """MEMIT's parameters (see kedsl_memit.PARAMS for the documentation of each)."""
 
+    method: ClassVar[str] = "memit"
     mom2_update_weight: float = 15000.0
-    v_batch: int = 10
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any], default_seed: int = 0, method: str = "memit") -> "MEMITConfig":
-        return super().from_params(params, default_seed, method)
 
 
 class MEMIT:
@@ -88,5 +84,5 @@ class MEMIT:
                 t_stats += time.perf_counter() - ts
             return least_squares_update(keys, residuals, mom2, cfg.mom2_update_weight)  # one layer's C at a time
 
-        info = multilayer_edit(model, requests, cfg, context, solve, "memit")
+        info = multilayer_edit(model, requests, cfg, context, solve)
         return context.outcome(stats_seconds=t_stats, **info)

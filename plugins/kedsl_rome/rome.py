@@ -26,11 +26,10 @@ import torch
 from kedsl.editing import EditContext, EditOutcome, EditRequest
 from kedsl.errors import UsageError
 from kedsl.model.handle import LoadedModel
-from kedsl.toolkit.activations import read_at
 from kedsl.toolkit.context import context_templates
-from kedsl.toolkit.optimize import Fact, ValueSearchConfig, search_values, template_prefix
+from kedsl.toolkit.multilayer import compute_keys
+from kedsl.toolkit.optimize import Fact, ValueSearchConfig, search_values
 from kedsl.toolkit.stats import second_moment
-from kedsl.toolkit.tokens import encode_with_subject
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +98,8 @@ class ROMEConfig:
 
 def compute_key(model: LoadedModel, layer: int, request: EditRequest, templates: list[str]) -> torch.Tensor:
     """``k*``: mean over templates of the MLP output projection's input at the subject's
-    last token (float32, shape (d_in,))."""
-    encs = [encode_with_subject(model.tokenizer, request.prompt, request.subject, prefix=template_prefix(t)) for t in templates]
-    keys = read_at(model, model.arch.mlp_out.format(layer), [e.input_ids for e in encs], [e.subject_last for e in encs], "input")
-    return keys.float().mean(0)
+    last token (float32, shape (d_in,)); MEMIT's keys for a batch of one."""
+    return compute_keys(model, layer, [request], templates)[:, 0]
 
 
 def update_direction(key: torch.Tensor, mom2: torch.Tensor | None, update_weight: float) -> torch.Tensor:
