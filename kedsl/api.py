@@ -175,6 +175,11 @@ def apply(
         if save_to is not None:
             # Log the save before it happens: a crash mid-save leaves a log that says what
             # the directory should hold, and the saved files name the log entry (anchor).
+            save_mode = script.save.mode if script.save else None
+            if save_mode == "merged":  # adapters folded in: the saved weights differ
+                from .model.saving import saved_fingerprint
+
+                fp_after = report.fingerprint_after = saved_fingerprint(model, save_mode)
             head = store.record_saving(run_id, save_to, report.fingerprint_after)
             provenance = {
                 "run_id": run_id,
@@ -200,7 +205,7 @@ def apply(
                     for r in reports
                 ],
             }
-            report.saved_to = save_model(model, save_to, provenance, fingerprint=fp_after)
+            report.saved_to = save_model(model, save_to, provenance, fingerprint=fp_after, mode=save_mode)
         status = report.status
         return report
     except KeyboardInterrupt:

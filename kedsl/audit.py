@@ -100,6 +100,7 @@ def verify_log(store: Store) -> Verification:
     _verify_anchor(events, result)
     _verify_tables(store, events, result)
     _verify_blobs(store, result)
+    _verify_attachment_blobs(store, result)
     interrupted = [r["id"] for r in store.db.query("SELECT id FROM runs WHERE status IN ('running', 'interrupted')")]
     if interrupted:
         result.note(
@@ -233,6 +234,19 @@ def _verify_blobs(store: Store, result: Verification) -> None:
             result.error(f"edit {row['id']}: its outcome blob {path.name} was changed (SHA-256 mismatch)")
 
 
+def _verify_attachment_blobs(store: Store, result: Verification) -> None:
+    for row in store.db.query("SELECT id, attachments FROM edits WHERE attachments IS NOT NULL AND attachments != '[]'"):
+        for rec in json.loads(row["attachments"]):
+            sha = rec.get("blob") if isinstance(rec, dict) else None
+            if not sha:
+                continue
+            path = store.blob_path(sha)
+            if not path.is_file():
+                result.error(f"edit {row['id']}: its {rec.get('kind')} attachment blob {path.name} is missing from {store.blob_dir}")
+            elif _file_sha256(path) != sha:
+                result.error(f"edit {row['id']}: its {rec.get('kind')} attachment blob {path.name} was changed (SHA-256 mismatch)")
+
+
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -301,7 +315,14 @@ def verify_model(store: Store, model_dir: str | Path, result: Verification | Non
     expected = expected_fingerprint(store, model_dir)
     record = expected.pop("record")
     prov = (record or {}).get("provenance") or {}
-    actual = model_fingerprint(model_dir)
+    try:  # loading installs the attachments and checks each one's recorded digest
+        actual = model_fingerprint(model_dir)
+    except ModelError as exc:
+        if "attachment" not in str(exc):
+            raise
+        result.error(str(exc))
+        result.model = {**expected, "path": str(Path(model_dir).absolute()), "actual": None, "matches": False}
+        return result
     expected.update(path=str(Path(model_dir).absolute()), actual=actual, matches=actual == expected["fingerprint"])
     result.model = expected
     if record is None:
@@ -449,16 +470,14 @@ def revert(
         raise UsageError(f"no edit {edit_id} in {store.path}", "list edits with `kedsl log --model DIR`")
     if edit["status"] != "applied":
         raise UsageError(f"edit {edit_id} was {edit['status']}: it is in no saved model, there is nothing to revert")
-    if json.loads(edit.get("attachments") or "[]"):
-        raise UsageError(
-            f"edit {edit_id} added attachments ({edit['attachments']}); reverting attachments is not supported yet",
-            "re-apply the script without that edit",
-        )
-    if not edit["outcome_sha256"]:
-        raise UsageError(f"edit {edit_id} changed no weights: there is nothing to revert")
+    attached = json.loads(edit.get("attachments") or "[]")
+    if not edit["outcome_sha256"] and not attached:
+        raise UsageError(f"edit {edit_id} changed no weights and added no attachment: there is nothing to revert")
+    # Edits of one batch share one outcome: reverting one reverts them all.
     sharing = [r[0] for r in store.db.execute(
-        "SELECT id FROM edits WHERE outcome_sha256 = ? AND run_id = ? AND id != ?",
-        [edit["outcome_sha256"], edit["run_id"], edit_id],
+        "SELECT id FROM edits WHERE run_id = ? AND id != ? AND status = 'applied' AND "
+        "((outcome_sha256 IS NOT NULL AND outcome_sha256 = ?) OR (attachments != '[]' AND attachments = ?))",
+        [edit["run_id"], edit_id, edit["outcome_sha256"], edit["attachments"]],
     )]  # fmt: skip
     if not force:
         try:
@@ -473,7 +492,7 @@ def revert(
     out = Path(out_dir).expanduser().absolute()
     if out == Path(model_dir).expanduser().absolute():
         raise UsageError("--out must differ from --model", "revert writes a new directory and keeps the original")
-    outcome = store.load_outcome(edit["outcome_sha256"])
+    outcome = store.load_outcome(edit["outcome_sha256"]) if edit["outcome_sha256"] else {}
     registry = get_registry()
     model = load_model(str(Path(model_dir).absolute()), {"dtype": _saved_dtype(model_dir)}, registry)
     fp_before = model.fingerprint()
@@ -509,6 +528,7 @@ def revert(
                     modes[name] = "subtracted"
                     log.warning("%s was changed again after edit %s: subtracted its delta (not bit-exact)", name, edit_id)
                 changes[name] = WeightChange(name, current, p.detach().to("cpu", copy=True))
+            _remove_attachments(store, registry, model, model_dir, edit_id, attached, changes, modes)
         sha = store.save_outcome(changes)
         rev_id = store.record_edit(
             run_id=run_id, seq=0, subject=edit["subject"], request={"reverts": edit_id, "also_reverted": sharing},
@@ -539,6 +559,47 @@ def revert(
             saved_to=str(out) if status == "ok" else None,
             error=error,
         )
+
+
+def _remove_attachments(
+    store: Store, registry: Any, model: Any, model_dir: str | Path, edit_id: str,
+    attached: list[dict[str, Any]], changes: dict[str, Any], modes: dict[str, str],
+) -> None:  # fmt: skip
+    """Take an edit's attachments off ``model``: uninstall the ones it holds; subtract the
+    weight deltas of the ones a ``merged`` save folded into its weights."""
+    import torch
+
+    from .attachments import uninstall
+    from .editing import WeightChange
+    from .specs import load_object
+
+    merged = {m.get("digest") for m in (read_model_record(model_dir) or {}).get("merged_attachments", [])}
+    for i, rec in enumerate(attached):
+        key = f"attachment:{i}:{rec['kind']}"
+        live = next((a for a in model.attachments if a.digest() == rec["digest"]), None)
+        if live is not None:
+            uninstall(model, live)
+            modes[key] = "removed"
+            continue
+        if rec["digest"] not in merged:
+            raise UsageError(
+                f"the model in {model_dir} does not hold edit {edit_id}'s {rec['kind']} attachment",
+                "it was reverted already, or the model does not descend from that edit (kedsl log --model DIR)",
+            )
+        tensors, config, kind, method = store.load_attachment(rec["blob"])
+        impl = dict(registry.method(method).attachments).get(kind)
+        if impl is None:
+            raise UsageError(f"method `{method}` no longer declares `{kind}` attachments; cannot rebuild edit {edit_id}'s")
+        att = load_object(impl).from_state(tensors, config)
+        deltas = att.merged_deltas(model) or {}
+        with torch.no_grad():
+            for name, delta in deltas.items():
+                p = model.parameter(name)
+                before = changes[name].before if name in changes else p.detach().to("cpu", copy=True)
+                p.sub_(delta.to(device=p.device, dtype=p.dtype))
+                changes[name] = WeightChange(name, before, p.detach().to("cpu", copy=True))
+        modes[key] = "unmerged (subtracted)"
+        log.warning("edit %s's %s was merged into the weights: subtracted its delta (not bit-exact)", edit_id, kind)
 
 
 # -- replay ----------------------------------------------------------------------------------------

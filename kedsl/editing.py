@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from .attachments import Attachment, install, uninstall  # Attachment re-exported for methods
 from .model.handle import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -97,20 +98,6 @@ class WeightJournal:
         }
 
 
-class Attachment(Protocol):
-    """A non-weight outcome (adapter, codebook, retrieval memory).
-
-    ``attach``/``detach`` install and remove it on a model; ``kind`` names it for the
-    store. Concrete attachments come with the methods that produce them.
-    """
-
-    kind: str
-
-    def attach(self, model: LoadedModel) -> None: ...
-
-    def detach(self, model: LoadedModel) -> None: ...
-
-
 @dataclass
 class EditOutcome:
     """What an edit changed: exact weight changes and attachments, plus method info."""
@@ -122,17 +109,17 @@ class EditOutcome:
     @torch.no_grad()
     def undo(self, model: LoadedModel) -> None:
         """Restore the touched weights bit-exactly and remove attachments."""
+        for a in reversed(self.attachments):
+            uninstall(model, a)
         for name, ch in self.changes.items():
             model.parameter(name).copy_(ch.before)
-        for a in reversed(self.attachments):
-            a.detach(model)
 
     @torch.no_grad()
     def redo(self, model: LoadedModel) -> None:
         for name, ch in self.changes.items():
             model.parameter(name).copy_(ch.after)
         for a in self.attachments:
-            a.attach(model)
+            install(model, a)
 
 
 @dataclass
@@ -148,18 +135,19 @@ class EditContext:
     progress: Callable[[str], None] | None = None
     attachments: list[Any] = field(default_factory=list)
 
-    def attach(self, model: LoadedModel, attachment: Any) -> None:
-        attachment.attach(model)
+    def attach(self, model: LoadedModel, attachment: Attachment) -> None:
+        """Install ``attachment`` as (part of) this edit's outcome."""
+        install(model, attachment)
         self.attachments.append(attachment)
 
     def outcome(self, **info: Any) -> EditOutcome:
         return EditOutcome(changes=self.weights.changes(), attachments=list(self.attachments), info=info)
 
     def rollback(self, model: LoadedModel) -> None:
-        self.weights.rollback()
         for a in reversed(self.attachments):
-            a.detach(model)
+            uninstall(model, a)
         self.attachments.clear()
+        self.weights.rollback()
 
 
 class EditMethod(Protocol):

@@ -303,7 +303,7 @@ class Executor:
             outcome_sha256=sha,
             metrics=[x.as_record() for x in r.expectations],
             error=r.error,
-            attachments=[getattr(a, "kind", type(a).__name__) for a in r.outcome.attachments]
+            attachments=[{**a.describe(), "blob": self.store.save_attachment(a)} for a in r.outcome.attachments]
             if (r.outcome and r.status == "applied")
             else None,
         )

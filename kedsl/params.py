@@ -182,3 +182,20 @@ def resolve_params(
             raise UsageError(err, by_name[k].describe())
         out[k] = coerced
     return out
+
+
+def config_values(config_class: type, params: dict[str, Any], method: str, default_seed: int | None = None) -> dict[str, Any]:
+    """The keyword arguments for a method's config dataclass from resolved ``params``:
+    a name the dataclass lacks is a UsageError (a schema/config mismatch must not pass
+    silently), None means "the dataclass default", and ``seed`` defaults to the run's."""
+    from dataclasses import fields
+
+    from .errors import UsageError
+
+    unknown = set(params) - {f.name for f in fields(config_class)}
+    if unknown:
+        raise UsageError(f"unknown {method} parameter(s): {', '.join(sorted(unknown))}", f"see `kedsl plugins` for {method}'s parameters")
+    values = {k: v for k, v in params.items() if v is not None}
+    if default_seed is not None:
+        values.setdefault("seed", default_seed)
+    return values

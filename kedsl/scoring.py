@@ -88,9 +88,15 @@ def score_encoded(model: LoadedModel, encoded: Sequence[Encoded], batch_size: in
     pad = _pad_id(model.tokenizer)
     keep_ok = accepts_logits_to_keep(net)
     out: list[TFScore | None] = [None] * len(encoded)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    # What the model is fed: an in-context memory (IKE) may prepend to each prompt; the
+    # target stays the last tokens of the row, which is all the scoring below relies on.
+    fed = [
+        model.contextualize(list(e.input_ids[: e.prompt_len])) + list(e.input_ids[e.prompt_len :])
+        for e in encoded
+    ] if model.attachments else [e.input_ids for e in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: len(fed[i]))
     for chunk in _batches(order, batch_size):
-        rows = [encoded[i].input_ids for i in chunk]
+        rows = [fed[i] for i in chunk]
         ids, mask, pos = _padded(rows, pad, model.device)
         width = ids.shape[1]
         n_max = max(len(encoded[i].target_ids) for i in chunk)
@@ -156,6 +162,8 @@ def greedy_ids(
     out: list[list[int]] = [[] for _ in prompt_ids]
     if max_new_tokens == 0 or not prompt_ids:
         return out
+    if model.attachments:  # an in-context memory (IKE) may prepend to each prompt
+        prompt_ids = [model.contextualize(list(p)) for p in prompt_ids]
     net = model.model
     pad = _pad_id(model.tokenizer)
     eos = getattr(model.tokenizer, "eos_token_id", None) if stop_at_eos else None

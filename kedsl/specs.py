@@ -40,6 +40,9 @@ class MethodSpec:
     supports_batch: bool = False
     supports_sequential: bool = True
     presets: tuple[Preset, ...] = ()
+    #: Non-weight outcomes the method makes, ``(kind, "package.module:Class")`` pairs of
+    #: :class:`kedsl.attachments.Attachment` subclasses; loading a saved model uses them.
+    attachments: tuple[tuple[str, str], ...] = ()
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

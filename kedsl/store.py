@@ -159,7 +159,7 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
     ]:
         runs.add_column(column, kind)
     db.execute("UPDATE runs SET kind = 'apply' WHERE kind IS NULL")
-    db["edits"].add_column("attachments", str)  # JSON list of attachment kinds (not revertible yet)
+    db["edits"].add_column("attachments", str)  # JSON list: {kind, method, digest, blob} per attachment
     db["events"].create_index(["run_id"])
     row = db.execute("SELECT COUNT(*), (SELECT hash FROM events ORDER BY id DESC LIMIT 1) FROM events").fetchone()
     db["kedsl_meta"].upsert_all(
@@ -399,7 +399,7 @@ class Store:
         outcome_sha256: str | None,
         metrics: list[dict[str, Any]],
         error: str | None = None,
-        attachments: list[str] | None = None,
+        attachments: list[dict[str, Any]] | None = None,
     ) -> str:
         edit_id = f"{run_id}-e{seq}"
         record = {
@@ -440,7 +440,9 @@ class Store:
         for name, ch in changes.items():
             tensors[f"before::{name}"] = ch.before.contiguous()
             tensors[f"after::{name}"] = ch.after.contiguous()
-        data = save(tensors)
+        return self._write_blob(save(tensors))
+
+    def _write_blob(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         target = self.blob_path(digest)
@@ -454,18 +456,45 @@ class Store:
             _fsync_dir(self.blob_dir)
         return digest
 
+    def _read_blob(self, sha256: str, what: str = "blob") -> bytes:
+        path = self.blob_path(sha256)
+        if not path.is_file():
+            raise StoreError(f"the {what} {path} is missing", "restore the .blobs directory beside the database")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise StoreError(f"the {what} {path} was changed after it was written (SHA-256 mismatch)")
+        return data
+
+    def save_attachment(self, attachment: Any) -> str:
+        """Store an attachment's content (tensors, with kind, method and config in the
+        safetensors metadata) as a content-addressed blob; return its SHA-256."""
+        from safetensors.torch import save
+
+        tensors, config = attachment.state()
+        meta = {"kind": attachment.kind, "method": attachment.method, "config": canonical_json(config)}
+        data = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=meta)
+        return self._write_blob(data)
+
+    def load_attachment(self, sha256: str) -> tuple[dict[str, Any], dict[str, Any], str, str]:
+        """``(tensors, config, kind, method)`` of an attachment blob (SHA-256 checked)."""
+        import json
+
+        from safetensors import safe_open
+        from safetensors.torch import load
+
+        tensors = load(self._read_blob(sha256, "attachment blob"))
+        path = self.blob_path(sha256)
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return tensors, json.loads(meta.get("config", "{}")), meta.get("kind", ""), meta.get("method", "")
+
     def load_outcome(self, sha256: str) -> dict[str, tuple[Any, Any]]:
         """An outcome's tensors, ``{parameter: (before, after)}``, after checking the
         blob's SHA-256 (a changed or missing blob is a :class:`StoreError`)."""
         from safetensors.torch import load
 
         path = self.blob_path(sha256)
-        if not path.is_file():
-            raise StoreError(f"the outcome blob {path} is missing", "restore the .blobs directory beside the database")
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise StoreError(f"the outcome blob {path} was changed after it was written (SHA-256 mismatch)")
-        tensors = load(data)
+        tensors = load(self._read_blob(sha256, "outcome blob"))
         out: dict[str, tuple[Any, Any]] = {}
         for key in tensors:
             side, _, name = key.partition("::")

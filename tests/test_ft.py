@@ -74,11 +74,16 @@ def test_ft_l_unconstrained_learns_the_target(tiny_llama):
     assert after.logprob > before
 
 
-def test_only_measured_methods_are_registered():
+def test_ft_l_is_constrained_and_ft_m_is_not():
+    from kedsl.params import resolve_params
+
     registry = Registry(plugins=[kedsl_ft], entry_points=False)
-    assert registry.method("ft_m").name == "ft_m"
-    with pytest.raises(Exception):
-        registry.method("ft_l")  # unmeasured preset: not offered to users yet
+    resolved = {
+        name: resolve_params(registry.method(name).params, {}, registry.method(name).presets, "llama")
+        for name in ("ft_l", "ft_m")
+    }
+    assert resolved["ft_l"]["norm_constraint"] > 0  # the L-infinity ball is what makes it FT-L
+    assert resolved["ft_m"]["norm_constraint"] == 0
 
 
 def test_failed_expectation_leaves_no_trace(tiny_llama, tmp_path):

@@ -71,6 +71,21 @@ def render_model_card(record: dict[str, Any]) -> str:
     for field, value in rows:
         if value:
             lines.append(f"| {field} | `{_cell(value)}` |")
+    attachments = record.get("attachments") or []
+    if attachments:
+        lines += [
+            "",
+            "## Attachments",
+            "",
+            "Edits that are not weight changes (adapters, codebooks, in-context memories) live in "
+            "`attachments/`; kedsl installs them when it loads this directory "
+            "(plain `from_pretrained` gives the weights without them).",
+            "",
+            "| folder | kind | method | digest |",
+            "| --- | --- | --- | --- |",
+        ]
+        for a in attachments:
+            lines.append(f"| `{_cell(a.get('path'))}` | {_cell(a.get('kind'))} | {_cell(a.get('method'))} | `{_cell(a.get('digest'))}` |")
     lines += ["", "## Edits", ""]
     if not edits:
         lines.append("No edits are recorded for this directory.")

@@ -29,6 +29,8 @@ class LoadedModel:
     # keys), by method name; tensors only, saved beside the weights (kedsl_state.safetensors)
     # so a later `apply` on the saved model continues where this one stopped.
     method_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # Installed non-weight outcomes (kedsl.attachments.Attachment), in install order.
+    attachments: list[Any] = field(default_factory=list)
 
     # -- structure ---------------------------------------------------------------
     def module(self, path: str) -> nn.Module:
@@ -74,17 +76,41 @@ class LoadedModel:
 
     # -- identity ----------------------------------------------------------------
     def fingerprint(self) -> str:
-        """SHA-256 over the state dict in canonical order: name, dtype, shape, bytes."""
-        return fingerprint_state_dict(self.model.state_dict())
+        """SHA-256 over the *weights* (state dict in canonical order: name, dtype, shape,
+        bytes), attachments uninstalled for the duration (their digest is separate:
+        :func:`kedsl.attachments.attachments_digest`)."""
+        if not self.attachments:
+            return fingerprint_state_dict(self.model.state_dict())
+        from ..attachments import detached
+
+        with detached(self):
+            return fingerprint_state_dict(self.model.state_dict())
+
+    # -- prompts -----------------------------------------------------------------
+    def contextualize(self, prompt_ids: list[int]) -> list[int]:
+        """The ids the model is actually fed for a prompt: attachments that work in the
+        context (IKE's memory: ``prompt_context(model, ids)``) may prepend to it. Every
+        scoring and generation path calls this, so metrics see what users see."""
+        ids = list(prompt_ids)
+        for a in self.attachments:
+            hook = getattr(a, "prompt_context", None)
+            if hook is not None:
+                ids = hook(self, ids)
+        return ids
 
 
 def fingerprint_state_dict(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
+    hash_tensors(h, state)
+    return h.hexdigest()
+
+
+def hash_tensors(h: Any, tensors: dict[str, torch.Tensor]) -> None:
+    """Feed ``tensors`` to the hash ``h`` in canonical order: name, dtype, shape, bytes."""
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(repr(tuple(t.shape)).encode())
         # view as bytes: works for every dtype, bf16 included
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

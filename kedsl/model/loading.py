@@ -159,6 +159,12 @@ def load_pretrained(
         from .saving import read_method_state
 
         loaded.method_state = read_method_state(where)
+        record_path = Path(where) / "kedsl.json"
+        if record_path.is_file():
+            from ..attachments import load_attachments
+
+            entries = json.loads(record_path.read_text(encoding="utf-8")).get("attachments") or []
+            load_attachments(loaded, Path(where), entries, _active_registry.get() or get_registry())
     try:
         loaded.module(arch.layers)
     except AttributeError:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .handle import LoadedModel
+from .handle import LoadedModel, fingerprint_state_dict
 from .card import CARD, render_model_card
 
 log = logging.getLogger(__name__)
@@ -32,16 +32,34 @@ FORMAT = "kedsl-model/1"
 STATE_FILE = "kedsl_state.safetensors"
 
 
+#: ``save to "dir" adapter`` (default): attachments are written beside the untouched
+#: weights (removable later); ``merged``: attachments that can be folded into the weights
+#: (LoRA adapters) are, the others are still written beside them.
+SAVE_MODES = ("adapter", "merged")
+
+
 def save_model(
-    model: LoadedModel, out_dir: str | os.PathLike[str], provenance: dict[str, Any], fingerprint: str | None = None
+    model: LoadedModel,
+    out_dir: str | os.PathLike[str],
+    provenance: dict[str, Any],
+    fingerprint: str | None = None,
+    mode: str | None = None,
 ) -> Path:
-    """Write ``model`` (safetensors weights, config, tokenizer, ``kedsl.json``) to ``out_dir``.
+    """Write ``model`` (safetensors weights, config, tokenizer, attachments, ``kedsl.json``)
+    to ``out_dir``.
 
     An existing ``out_dir`` from an earlier kedsl save is replaced atomically; an empty
     directory is filled; any other non-empty directory is refused. Returns the path.
-    ``fingerprint`` saves re-hashing the weights when the caller has just computed it.
+    ``fingerprint`` saves re-hashing the weights when the caller has just computed it
+    (it must be the fingerprint of what is written: with ``mode="merged"`` and mergeable
+    attachments it is recomputed). ``mode``: see :data:`SAVE_MODES`.
     """
     from .. import __version__
+    from ..attachments import attachments_digest, detached, save_attachments
+
+    mode = mode or "adapter"
+    if mode not in SAVE_MODES:
+        raise UsageError(f"unknown save mode `{mode}`", "use one of: " + ", ".join(SAVE_MODES))
 
     out = Path(out_dir).expanduser().absolute()
     _check_target(out)
@@ -52,18 +70,32 @@ def save_model(
     try:
         _chmod_like_mkdir(tmp)  # mkdtemp makes it private; the output is an ordinary folder
         log.info("saving model to %s", out)
-        model.model.save_pretrained(tmp)
+        deltas, merged = merged_deltas(model, mode)
+        with detached(model):  # plain modules and names: what from_pretrained expects
+            if deltas:
+                with _weights_plus(model, deltas):
+                    model.model.save_pretrained(tmp)
+                    fingerprint = fingerprint_state_dict(model.model.state_dict())
+            else:
+                model.model.save_pretrained(tmp)
         model.tokenizer.save_pretrained(tmp)
         state_keys = write_method_state(model.method_state, tmp / STATE_FILE)
+        entries = save_attachments(model, tmp, skip=merged)
         record = {
             "format": FORMAT,
             "kedsl_version": __version__,
             "fingerprint": fingerprint or model.fingerprint(),
             "base": {"ref": model.ref, "source": model.source},
             "provenance": provenance,
+            "save_mode": mode,
         }
         if state_keys:
             record["method_state"] = {"file": STATE_FILE, "entries": state_keys}
+        if entries:
+            record["attachments"] = entries
+            record["attachments_digest"] = attachments_digest(model)
+        if merged:
+            record["merged_attachments"] = [model.attachments[i].describe() for i in sorted(merged)]
         (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(render_model_card(json.loads(json.dumps(record, default=str))), encoding="utf-8")
         fsync_tree(tmp)
@@ -74,6 +106,48 @@ def save_model(
     _fsync_dir(out.parent)
     log.info("saved model to %s", out)
     return out
+
+
+def merged_deltas(model: LoadedModel, mode: str) -> tuple[dict[str, Any], set[int]]:
+    """The weight deltas a save in ``mode`` folds in, and the indices of the attachments
+    they come from (nothing unless ``mode == "merged"``)."""
+    deltas: dict[str, Any] = {}
+    merged: set[int] = set()
+    if mode != "merged":
+        return deltas, merged
+    for i, a in enumerate(model.attachments):
+        d = a.merged_deltas(model)
+        if d is not None:
+            merged.add(i)
+            for name, delta in d.items():
+                deltas[name] = deltas.get(name, 0) + delta.float()
+    return deltas, merged
+
+
+def saved_fingerprint(model: LoadedModel, mode: str | None) -> str:
+    """The fingerprint of the weights a save in ``mode`` writes."""
+    from ..attachments import detached
+
+    deltas, _ = merged_deltas(model, mode or "adapter")
+    if not deltas:
+        return model.fingerprint()
+    with detached(model), _weights_plus(model, deltas):
+        return fingerprint_state_dict(model.model.state_dict())
+
+
+@contextlib.contextmanager
+def _weights_plus(model: LoadedModel, deltas: dict[str, Any]):
+    """The model's weights with ``deltas`` added for the duration; the exact originals
+    are put back afterwards (through the journal, not by subtracting)."""
+    from ..editing import WeightJournal
+
+    journal = WeightJournal(model.model)
+    try:
+        for name, delta in deltas.items():
+            journal.add_(name, delta)
+        yield
+    finally:
+        journal.rollback()
 
 
 def write_method_state(state: dict[str, dict[str, Any]], path: Path) -> list[str]:

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
 from ..editing import EditContext, EditRequest, WeightJournal
 from ..errors import UsageError
+from ..params import config_values
 from ..model.handle import LoadedModel
 from .activations import read_at
 from .context import context_templates
@@ -103,17 +104,10 @@ class MultiLayerConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], default_seed: int = 0) -> Any:
-        method = cls.method
-        known = {f.name for f in fields(cls)}
-        unknown = set(params) - known
-        if unknown:
-            raise UsageError(f"unknown {method} parameter(s): {', '.join(sorted(unknown))}", f"see `kedsl plugins` for {method}'s parameters")
-        values = {k: v for k, v in params.items() if v is not None}
-        values.setdefault("seed", default_seed)
-        cfg = cls(**values)
+        cfg = cls(**config_values(cls, params, cls.method, default_seed))
         cfg.layers = sorted(set(cfg.layers))
         if not cfg.layers:
-            raise UsageError(f"{method} needs at least one layer", "give layers=4..8, for example")
+            raise UsageError(f"{cls.method} needs at least one layer", "give layers=4..8, for example")
         return cfg
 
     def check(self, model: LoadedModel, requests: Sequence[EditRequest]) -> None:

@@ -35,11 +35,21 @@ def _params(norm_constraint: float) -> tuple[Param, ...]:
 FT_L_PARAMS = _params(5e-4)
 FT_M_PARAMS = _params(0.0)
 
-_NOT_SWEPT = (
-    "not swept yet: EasyEdit's LLaMA layer (21/32, ~2/3 of depth) scaled to SmolLM2's 30 layers; "
-    "lr/steps are EasyEdit's defaults"
+FT_L_PRESETS = (
+    Preset(
+        family="llama",
+        values={"layer": 20, "norm_constraint": 5e-3},
+        measured_by=(
+            "SmolLM2-135M-Instruct, ZsRE records 0-9, single edits, layer 20, lr 5e-4, 25 steps "
+            "(kedsl bench ... --method ft_l --limit 10 --param norm_constraint=...): norm_constraint 5e-4 and "
+            "5e-3 both efficacy 0.180, generalization 0.165/0.180, locality 1.000, per case identical to each "
+            "other: FT-L's objective pushes the *last prompt position* towards every target token, which cannot "
+            "fit ZsRE's multi-token targets (loss 13.8 -> 7.2 on record 1 in 25 steps). On a one-token target "
+            "('The Eiffel Tower is located in the city of' -> Rome) 5e-4 stops at loss 3.8 (not the argmax), "
+            "5e-3 reaches 0.01: hence 5e-3. Layer not swept (a layer-6 run was cut for time)."
+        ),
+    ),
 )
-FT_L_PRESETS = (Preset(family="llama", values={"layer": 20}, measured_by=_NOT_SWEPT),)
 FT_M_PRESETS = (
     Preset(
         family="llama",
@@ -53,9 +63,6 @@ FT_M_PRESETS = (
 )
 
 
-# FT-L is implemented and unit-tested but NOT registered: its preset (layer,
-# norm_constraint) has not been measured on SmolLM2 yet (issue 7). Register it by adding
-# FT_L_SPEC to register_methods() once bench numbers back a preset.
 FT_L_SPEC = MethodSpec(
     name="ft_l",
     implementation="kedsl_ft.ft:FTL",
@@ -78,4 +85,4 @@ FT_M_SPEC = MethodSpec(
 
 @hookimpl
 def register_methods() -> list[MethodSpec]:
-    return [FT_M_SPEC]
+    return [FT_L_SPEC, FT_M_SPEC]

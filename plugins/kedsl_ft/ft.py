@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from kedsl.editing import EditContext, EditOutcome, EditRequest
 from kedsl.model.handle import LoadedModel
-from kedsl.toolkit.tokens import encode_pair
+from kedsl.params import config_values
+from kedsl.toolkit.objectives import last_prompt_loss, masked_target_loss
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ class FTConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "FTConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names and v is not None})
+        return cls(**config_values(cls, params, "fine-tuning"))
 
 
 @dataclass
@@ -46,43 +45,6 @@ class FTLConfig(FTConfig):
 @dataclass
 class FTMConfig(FTConfig):
     norm_constraint: float = 0.0
-
-
-def _batch(model: LoadedModel, requests: list[EditRequest]) -> tuple[list[list[int]], list[int], list[list[int]]]:
-    encs = [encode_pair(model.tokenizer, r.prompt, r.target) for r in requests]
-    return [e.input_ids for e in encs], [e.prompt_len for e in encs], [e.target_ids for e in encs]
-
-
-def _pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, device=device)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
-def masked_target_loss(model: LoadedModel, requests: list[EditRequest]) -> torch.Tensor:
-    """FT-M: mean teacher-forced NLL of the target tokens, prompt positions masked out."""
-    ids_rows, prompt_lens, _ = _batch(model, requests)
-    ids, mask = _pad(ids_rows, 0, model.device)
-    logits = model.model(input_ids=ids, attention_mask=mask).logits
-    labels = torch.full_like(ids, -100)
-    for i, (row, pl) in enumerate(zip(ids_rows, prompt_lens)):
-        labels[i, pl : len(row)] = ids[i, pl : len(row)]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
-
-
-def last_prompt_loss(model: LoadedModel, requests: list[EditRequest]) -> torch.Tensor:
-    """FT-L (ROME's baseline objective): the prediction at the last prompt token is pushed
-    towards every target token (mean NLL over the target's tokens at that one position)."""
-    ids_rows, prompt_lens, target_rows = _batch(model, requests)
-    prompts = [row[:pl] for row, pl in zip(ids_rows, prompt_lens)]
-    ids, mask = _pad(prompts, 0, model.device)
-    logp = torch.log_softmax(model.model(input_ids=ids, attention_mask=mask).logits, dim=-1)
-    losses = [-logp[i, len(p) - 1, t].mean() for i, (p, t) in enumerate(zip(prompts, target_rows))]
-    return torch.stack(losses).mean()
 
 
 class _FineTune:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from kedsl.editing import EditContext, EditOutcome, EditRequest
 from kedsl.errors import UsageError
+from kedsl.params import config_values
 from kedsl.model.handle import LoadedModel
 from kedsl.toolkit.context import context_templates
 from kedsl.toolkit.multilayer import compute_keys
@@ -78,12 +79,7 @@ class ROMEConfig:
     def from_params(cls, params: dict[str, Any], default_seed: int = 0, model: LoadedModel | None = None) -> "ROMEConfig":
         """The config for resolved ``params``; ``layer="auto"`` is chosen by causal tracing
         of ``model`` (:func:`kedsl.toolkit.tracing.auto_layer`, cached per model)."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(params) - known
-        if unknown:
-            raise UsageError(f"unknown ROME parameter(s): {', '.join(sorted(unknown))}", "see `kedsl plugins` for ROME's parameters")
-        values = {k: v for k, v in params.items() if v is not None}
-        values.setdefault("seed", default_seed)
+        values = config_values(cls, params, "rome", default_seed)
         if values.get("layer") == "auto":
             if model is None:
                 raise UsageError("layer=auto needs the model", "it is resolved when the edit runs")
