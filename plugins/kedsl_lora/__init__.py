@@ -43,7 +43,6 @@ def _training(lr: float, steps: int, nll_tol: float) -> tuple[Param, ...]:
 LORA_PARAMS = (
     *_TARGETS,
     Param("rank", "int", 8, "rank r of each adapter (B is d_out x r, A is r x d_in)", min=1, max=1024),
-    # AdaLoRA's E starts at zero and its A, B small: it needs a 10x larger rate (measured)
     *_training(lr=1e-3, steps=60, nll_tol=0.3),
 )
 
@@ -51,6 +50,7 @@ ADALORA_PARAMS = (
     *_TARGETS,
     Param("init_rank", "int", 12, "rank each adapted module starts with", min=1, max=1024),
     Param("target_rank", "int", 8, "average rank per module the allocator prunes down to", min=1, max=1024),
+    # AdaLoRA's E starts at zero and its A, B small: it needs a 10x larger rate than LoRA (measured)
     *_training(lr=1e-2, steps=60, nll_tol=0.3),
     Param("tinit", "int", 0, "warm-up steps before the rank budget starts to shrink", min=0),
     Param("tfinal", "int", 0, "final steps trained at the final (target) budget", min=0),
