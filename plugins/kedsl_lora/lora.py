@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -26,6 +26,7 @@ from transformers.pytorch_utils import Conv1D
 from kedsl.editing import EditContext, EditOutcome, EditRequest
 from kedsl.errors import UsageError
 from kedsl.model.handle import LoadedModel
+from kedsl.params import config_values
 from kedsl.toolkit.objectives import masked_target_loss
 from kedsl.toolkit.tokens import encode_pair
 
@@ -86,16 +87,18 @@ class LoraSettings:
     steps: int = 60
     nll_tol: float = 0.3
 
+    method: ClassVar[str] = "lora"
+
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "LoraSettings":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names and v is not None})
+        return cls(**config_values(cls, params, cls.method))
 
 
 @dataclass
 class AdaLoraSettings(LoraSettings):
     """The ``adalora`` parameters (``rank`` is unused: AdaLoRA starts at ``init_rank``)."""
 
+    method: ClassVar[str] = "adalora"
     lr: float = 1e-2
     init_rank: int = 12
     target_rank: int = 8
