@@ -53,13 +53,17 @@ LABELS = {
     "efficacy_gen": "Efficacy (gen)",
     PRE_EFFICACY: "Pre-edit Succ.",
     PRE_FLUENCY: "Pre-edit Fluency",
+    "fluency_unrelated": "Fluency (unrelated)",
+    "pre_fluency_unrelated": "Pre-edit Fluency (unrelated)",
     "es": "ES",
     "ps": "PS",
     "ns": "NS",
 }
+#: Metrics compared with their own pre-edit value: the table gets a "pre_" column for each.
+FLUENCY_METRICS = ("fluency", "fluency_unrelated")
 # Printed as-is (already x100, as the papers print fluency); the others are fractions
 # printed as percentages.
-UNSCALED = ("fluency", PRE_FLUENCY)
+UNSCALED = (*FLUENCY_METRICS, *(f"pre_{m}" for m in FLUENCY_METRICS))
 
 #: progress(done, total, message)
 Progress = Callable[[int, int, str], None]
@@ -282,10 +286,10 @@ def run_bench(
             elif mspec.needs_baseline:
                 say(0, n, f"{m} baseline (unedited model)")
                 baselines[m] = impls[m].baseline(model, evals)
-                if m == "fluency":  # the pre-edit fluency is worth its own column
+                if m in FLUENCY_METRICS:  # the pre-edit fluency is worth its own column
                     for r, e, b in zip(records, evals, baselines[m]):
-                        r["metrics"][PRE_FLUENCY] = b
-                        r["n"][PRE_FLUENCY] = len(impls[m].prompts(e)) if b is not None else 0
+                        r["metrics"][f"pre_{m}"] = b
+                        r["n"][f"pre_{m}"] = len(impls[m].prompts(e)) if b is not None else 0
     post = [m for m in metrics if m != PRE_EFFICACY]
 
     def measure(idx: list[int]) -> None:
@@ -305,6 +309,7 @@ def run_bench(
     groups = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
     method_seconds = 0.0
     edited = 0
+    edited_fps: list[str] = []
     for g_no, group in enumerate(groups):
         reqs = [cases[i].request for i in group]
         label = reqs[0].subject if len(reqs) == 1 else f"{len(reqs)} edits"
@@ -338,6 +343,10 @@ def run_bench(
             records[i].update(status="edited", seconds=seconds / len(group))
             records[i]["details"]["method"] = jsonable(outcome.info)
         if settings.mode != "sequential":
+            # what this group's edit made, for comparing runs (determinism) without keeping it
+            edited_fps.append(model.fingerprint())
+            for i in group:
+                records[i]["details"]["fingerprint_edited"] = edited_fps[-1]
             measure(group)
             outcome.undo(model)
             _check_restored(model, outcome)
@@ -347,7 +356,7 @@ def run_bench(
         measure(list(range(n)))
     say(n, n, "done")
 
-    table_metrics = metrics + ([PRE_FLUENCY] if "fluency" in metrics else [])
+    table_metrics = metrics + [f"pre_{m}" for m in metrics if m in FLUENCY_METRICS]
     aggregate = aggregate_cases(records, table_metrics)
     aggregate["seconds_per_edit"] = method_seconds / edited if edited else None
     aggregate["cases"] = n
@@ -360,6 +369,9 @@ def run_bench(
         "model_source": model.source,
         "model_fingerprint": fp_before,
         "fingerprint_after": fp_after,
+        # single/batch: one digest of every group's edited weights (equal across runs iff
+        # every edit was bit-identical); sequential: fingerprint_after says it
+        "edits_digest": hashlib.sha256("".join(edited_fps).encode()).hexdigest() if edited_fps else None,
         "method": spec.name,
         "params": jsonable(params),
         "given_params": jsonable(settings.params),
@@ -426,6 +438,10 @@ def render_table(result: BenchResult) -> str:
         "params  " + " ".join(f"{k}={_short(v)}" for k, v in cfg["params"].items()),
         f"data    {where} ({cfg.get('format', '?')}{sel}): {agg['cases']} cases, {agg['failed']} failed",
     ]
+    if cfg["mode"] == "sequential":
+        lines.append(f"edited  fingerprint after all edits {cfg['fingerprint_after'][:16]}")
+    elif cfg.get("edits_digest"):
+        lines.append(f"edited  digest of every edit's weights {cfg['edits_digest'][:16]} (compare runs for determinism)")
     spe = agg.get("seconds_per_edit")
     lines.append("speed   " + (f"{spe:.2f} s per edit (method only)" if spe is not None else "no edit succeeded"))
     cols = [(LABELS.get(m, m), _fmt_value(m, agg.get(m)), f"n={agg['n'][m]}") for m in result.metrics]

@@ -2,11 +2,12 @@
 
 The README's main job: after the edit SmolLM2 says Rome for the Eiffel Tower and still
 Paris for the Louvre; the saved directory loads with plain transformers and says the
-same; running the script twice gives bit-identical saved weights.
+same. (Determinism is tested where it is cheap: ROME, MEMIT and saving on tiny models in
+test_rome, test_memit and test_saving; on SmolLM2 by the benchmarks' fingerprints. A
+second apply here cost ~100 s of CI for the same check.)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,18 +20,6 @@ REPO = Path(__file__).resolve().parent.parent
 KEDSL = [sys.executable, "-m", "kedsl.cli"]
 
 pytestmark = pytest.mark.smollm2
-
-
-def _tensor_sha(model_dir: Path) -> str:
-    from safetensors import safe_open
-
-    h = hashlib.sha256()
-    with safe_open(model_dir / "model.safetensors", "pt") as f:
-        for name in sorted(f.keys()):
-            t = f.get_tensor(name)
-            h.update(name.encode())
-            h.update(t.contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _apply(tmp_path: Path, out: str) -> subprocess.CompletedProcess:
@@ -67,7 +56,3 @@ def test_eiffel_to_rome_end_to_end(tmp_path):
     assert _greedy(model, tok, "The Louvre is located in the city of").strip().startswith("Paris")
     meta = json.loads((tmp_path / "a" / "kedsl.json").read_text())
     assert meta["provenance"]["edits"][0]["status"] == "applied"
-
-    second = _apply(tmp_path, "b")
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert _tensor_sha(tmp_path / "a") == _tensor_sha(tmp_path / "b")

@@ -17,6 +17,7 @@ from kedsl.bench import (
     aggregate_cases,
     check_settings,
     parse_param_args,
+    render_table,
     run_bench,
 )
 from kedsl.cli import main
@@ -122,6 +123,18 @@ def test_batch_mode_calls_the_method_once_per_group(tiny_llama, registry, tmp_pa
     assert res.config["batch_size"] == 2 and res.aggregate["n"]["efficacy"] == 5
 
 
+def test_edits_digest_compares_runs_by_what_each_edit_made(tiny_llama, registry, tmp_path):
+    cases = load_cases(ZSRE, limit=6)  # 5 cases
+    run = lambda amount: run_bench(tiny_llama, cases, BenchSettings("nudge", {"amount": amount}, mode="batch", batch_size=2, metrics=["efficacy"]),  # noqa: E731
+                                   registry=registry, cache_dir=tmp_path)
+    first, again, other = run(1.0), run(1.0), run(1.5)
+    fps = [r["details"]["fingerprint_edited"] for r in first.cases]
+    assert len(fps) == 5 and len(set(fps)) == 1  # nudge makes the same edit for every group
+    assert tiny_llama.fingerprint() not in fps  # taken while the edit was in place
+    assert first.config["edits_digest"] == again.config["edits_digest"] != other.config["edits_digest"]
+    assert "edited  digest" in render_table(first)
+
+
 def test_batch_mode_refuses_a_method_without_batch_support(registry):
     with pytest.raises(UsageError, match="does not support batch"):
         check_settings(registry, BenchSettings("nudge1", mode="batch", batch_size=2))
@@ -218,3 +231,13 @@ def test_cli_bench_with_rome_on_a_tiny_local_model(tiny_tokenizer, tmp_path):
     assert cfg["fingerprint_after"] == cfg["model_fingerprint"] and len(cfg["data_sha256"]) == 64
     assert [c["index"] for c in saved["cases"]] == [0, 1, 2] and saved["aggregate"]["n"]["efficacy"] == 3
     assert all(c["details"]["method"]["layer"] == 1 for c in saved["cases"])
+
+
+def test_fluency_metrics_get_their_pre_edit_column(tiny_llama, registry, cases, tmp_path):
+    res = run_bench(tiny_llama, cases[:2], BenchSettings("nudge", {"amount": 2.0}, metrics=["fluency_unrelated"]),
+                    registry=registry, cache_dir=tmp_path)
+    assert res.metrics == ["fluency_unrelated", "pre_fluency_unrelated"]
+    for r in res.cases:  # the pre-edit value is the baseline the metric compared with
+        assert r["metrics"]["pre_fluency_unrelated"] == r["details"]["fluency_unrelated"]["baseline"]
+    assert res.aggregate["fluency_unrelated"] != res.aggregate["pre_fluency_unrelated"]  # the nudge shows
+    assert "Pre-edit Fluency (unrelated)" in render_table(res)

@@ -175,3 +175,18 @@ def test_memit_target_search_in_chunks_still_writes_every_fact(tiny_llama):
     assert len(outcome.info["v_loss"]) == 2
     for s in teacher_forced(model, [(r.prompt, r.target) for r in REQUESTS]):
         assert s.predicted == s.target_ids
+
+
+def test_a_second_spread_pass_closes_what_the_first_left(tiny_llama):
+    model = sharpen(tiny_llama)
+    heavy = dict(mom2_update_weight=50.0, v_steps=10)  # a strong λ leaves a clear gap after one pass
+    one = run_memit(model, **heavy)
+    one.undo(model)
+    two = run_memit(model, spread_passes=2, **heavy)
+    assert [p["pass"] for p in two.info["per_layer"]] == [0, 0, 1, 1]
+    assert two.info["per_layer"][0]["gap_norm"] == pytest.approx(one.info["per_layer"][0]["gap_norm"], rel=1e-5)
+    # pass 2 starts from the gap pass 1 ended with, and ends below it
+    assert two.info["per_layer"][2]["gap_norm"] == pytest.approx(one.info["final_gap_norm"], rel=1e-4)
+    assert two.info["final_gap_norm"] < 0.8 * one.info["final_gap_norm"]
+    # each layer's total change is still one journal entry, undone exactly
+    assert sorted(two.changes) == sorted(model.mlp_out_weight_name(l) for l in (1, 2))

@@ -310,3 +310,17 @@ def test_smollm2_knows_paris(smollm2):
     assert loc.measure(smollm2, [case], loc.baseline(smollm2, [case]))[0].value == 1.0
     (flu,) = M.Fluency().baseline(smollm2, [case])
     assert 300 < flu < 700  # the range the papers print (x100)
+
+
+def test_fluency_unrelated_generates_from_the_locality_prompts_only(bigram):
+    bigram.teach("Apple was founded by Steve Jobs")
+    case = _case(rewrite=[("Apple was founded by", "Paris")], generation=["Apple was founded by"],
+                 locality=[("Steve", None), ("Steve", "Jobs"), ("Apple was", None)])
+    flu = M.FluencyUnrelated()
+    assert flu.prompts(case) == ["Steve", "Apple was"]
+    (base,) = flu.baseline(bigram.lm, [case])
+    texts = [p + bigram.tok.decode(c) for p, c in zip(["Steve", "Apple was"], greedy(bigram.lm, ["Steve", "Apple was"], 100))]
+    assert base == pytest.approx(sum(100 * M.text_fluency(t) for t in texts) / 2)
+    assert base != pytest.approx(M.Fluency().baseline(bigram.lm, [case])[0])
+    spec = {s.name: s for s in kedsl_metrics.register_metrics()}["fluency_unrelated"]
+    assert spec.relative_tolerance == 0.10 and spec.needs_baseline and spec.prompts_field == "locality"

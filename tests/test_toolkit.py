@@ -11,6 +11,7 @@ from kedsl.toolkit import activations as act
 from kedsl.toolkit import context as ctxmod
 from kedsl.toolkit import stats as statsmod
 from kedsl.toolkit.optimize import Fact, ValueSearchConfig, search_values
+from kedsl.toolkit.activations import make_batch, make_split_batch, pad_id, prefix_keys_values, run_suffix
 from kedsl.toolkit.tokens import encode_pair, encode_with_subject
 
 PROMPT = "The Eiffel Tower is located in the city of"
@@ -279,3 +280,40 @@ def test_value_search_stops_only_when_the_plain_prompt_says_the_target(tiny_llam
     wild = search_values(model, path, [fact], ["{}"], ValueSearchConfig(lr=40.0, steps=8, clamp_norm_factor=1e4, nll_tol=0.0))
     best = min(range(len(wild.loss)), key=wild.loss.__getitem__)
     assert wild.target_prob[0] == pytest.approx(float(torch.exp(-torch.tensor(wild.nll[best][0]))), rel=1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_split_rows_run_their_suffix_on_cached_prefix_exactly_as_whole_rows(fixture, request):
+    model = request.getfixturevalue(fixture)
+    net = model.model
+    rows = [[5, 9, 13, 7, 21, 30], [8, 3, 44], [17, 2, 6, 6, 19, 4, 11, 12]]
+    cuts = [3, 0, 5]  # a row without a prefix too
+    sb = make_split_batch(rows, cuts, pad_id(model.tokenizer))
+    assert sb.prefix_width == 5 and sb.suffix_ids.shape[1] == 3
+    whole = make_batch(rows, pad_id(model.tokenizer))
+    with torch.no_grad():
+        ref = net(**whole.inputs(), use_cache=False).logits
+        got = run_suffix(net, sb, prefix_keys_values(net, sb)).logits
+    for i, r in enumerate(rows):
+        n = len(r) - cuts[i]  # the suffix's tokens end every row in both layouts
+        torch.testing.assert_close(got[i, -n:], ref[i, -n:], atol=1e-5, rtol=1e-4)
+    assert [sb.suffix_offsets[i] + len(r) - c for i, (r, c) in enumerate(zip(rows, cuts))] == [3, 3, 3]
+    with pytest.raises(ValueError):
+        make_split_batch(rows, [3, 3, 5], 0)  # a cut at a row's end leaves no suffix
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_value_search_on_cut_rows_finds_what_the_whole_rows_find(fixture, request):
+    model = sharpen(request.getfixturevalue(fixture))
+    path = model.arch.mlp_out.format(1)
+    facts = [Fact("The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "French"),
+             Fact("Steve Jobs", "Steve Jobs", "Paris")]  # the subject at the very start: no prefix
+    templates = ["{}", "Berlin is big. {}"]
+    runs = [search_values(model, path, facts, templates, ValueSearchConfig(steps=6, nll_tol=0.0, bf16=False, prefix_cache=cut)) for cut in (True, False)]
+    assert runs[0].steps == runs[1].steps == 6
+    torch.testing.assert_close(runs[0].initial, runs[1].initial, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor(runs[0].loss), torch.tensor(runs[1].loss), atol=1e-4, rtol=1e-4)
+    # Adam divides by the gradient's size, which turns float noise in near-zero
+    # coordinates into noticeable steps: compare loosely
+    torch.testing.assert_close(runs[0].deltas, runs[1].deltas, atol=2e-3, rtol=1e-2)
+    assert runs[0].deltas.abs().max() > 1e-3  # it moved

@@ -70,6 +70,109 @@ def make_batch(rows: Sequence[Sequence[int]], pad: int, device: torch.device | s
     return Batch(ids.to(device), mask.to(device), pos.to(device), offsets, [len(r) for r in rows])
 
 
+@dataclass
+class SplitBatch:
+    """Rows cut in two at a per-row token: the *prefix* (the tokens before it) and the
+    *suffix* (from it on), each part left-padded to its own width, so every row's suffix
+    ends at the last column. In a causal model nothing that changes at or after the cut
+    reaches the prefix, so an optimisation that perturbs only the suffix runs the prefix
+    once (:func:`prefix_keys_values`) and each step only the suffix, attending to the
+    cached keys and values: the same numbers as the whole rows, for a fraction of the
+    tokens (a value search's rows are mostly context template and prompt before the
+    subject's last token)."""
+
+    prefix_ids: torch.Tensor  # (rows, P); P may be 0
+    suffix_ids: torch.Tensor  # (rows, Q)
+    attention_mask: torch.Tensor  # (rows, P + Q)
+    position_ids: torch.Tensor  # (rows, P + Q), counted over real tokens
+    suffix_offsets: list[int]  # per row: suffix column of its first suffix token (the cut)
+
+    @property
+    def prefix_width(self) -> int:
+        return self.prefix_ids.shape[1]
+
+    def prefix_inputs(self) -> dict[str, torch.Tensor]:
+        p = self.prefix_width
+        return {"input_ids": self.prefix_ids, "attention_mask": self.attention_mask[:, :p], "position_ids": self.position_ids[:, :p]}
+
+    def suffix_inputs(self) -> dict[str, torch.Tensor]:
+        """Inputs of the suffix pass (the attention mask covers prefix and suffix)."""
+        return {"input_ids": self.suffix_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids[:, self.prefix_width :]}
+
+
+def make_split_batch(rows: Sequence[Sequence[int]], cuts: Sequence[int], pad: int, device: torch.device | str = "cpu") -> SplitBatch:
+    """:class:`SplitBatch` of ``rows``, each cut before its token ``cuts[i]`` (0 ≤ cut < len)."""
+    if len(rows) != len(cuts) or not rows:
+        raise ValueError("one cut per row, and at least one row")
+    if any(not 0 <= c < len(r) for r, c in zip(rows, cuts)):
+        raise ValueError("each cut must fall inside its row")
+    p = max(cuts)
+    q = max(len(r) - c for r, c in zip(rows, cuts))
+    ids = torch.full((len(rows), p + q), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), p + q), dtype=torch.long)
+    offsets = []
+    for i, (r, c) in enumerate(zip(rows, cuts)):
+        pre, suf = list(r[:c]), list(r[c:])
+        if pre:
+            ids[i, p - len(pre) : p] = torch.tensor(pre, dtype=torch.long)
+            mask[i, p - len(pre) : p] = 1
+        ids[i, p + q - len(suf) :] = torch.tensor(suf, dtype=torch.long)
+        mask[i, p + q - len(suf) :] = 1
+        offsets.append(q - len(suf))
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
+    return SplitBatch(ids[:, :p], ids[:, p:], mask, pos, offsets)
+
+
+def cache_argument(net: nn.Module) -> str | None:
+    """The keyword ``net.forward`` takes a key/value cache by (``cache`` in recent
+    transformers, ``past_key_values`` before), or None if it takes none."""
+    try:
+        names = inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((n for n in ("cache", "past_key_values") if n in names), None)
+
+
+def _cache_pairs(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    if hasattr(cache, "key_cache"):
+        return list(zip(cache.key_cache, cache.value_cache))
+    return [(k, v) for k, v in cache]  # legacy tuple of tuples
+
+
+@torch.no_grad()
+def prefix_keys_values(net: nn.Module, batch: SplitBatch) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Run the prefixes of ``batch`` once; their keys and values per layer (None if no
+    row has a prefix)."""
+    if batch.prefix_width == 0:
+        return None
+    kw = cache_argument(net)
+    if kw is None:
+        raise ValueError(f"{type(net).__name__} takes no key/value cache")
+    extra = {"logits_to_keep": 1} if accepts_logits_to_keep(net) else {}
+    out = net(**batch.prefix_inputs(), use_cache=True, **extra)
+    cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+    return [(k.detach(), v.detach()) for k, v in _cache_pairs(cache)]
+
+
+def run_suffix(net: nn.Module, batch: SplitBatch, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None, **kwargs: Any) -> Any:
+    """The forward pass of the suffixes of ``batch`` on top of ``prefix``'s keys and
+    values, in a fresh cache (the pass appends to it; the prefix tensors are not changed,
+    so each call starts from the same prefix and holds no autograd graph of another)."""
+    if prefix is None:
+        p = batch.prefix_width  # 0
+        return net(input_ids=batch.suffix_ids, attention_mask=batch.attention_mask[:, p:], position_ids=batch.position_ids[:, p:], use_cache=False, **kwargs)
+    from transformers import DynamicCache
+
+    try:
+        cache = DynamicCache(ddp_cache_data=prefix)
+    except TypeError:  # transformers < 4.56
+        cache = DynamicCache.from_legacy_cache(tuple(prefix))
+    return net(**batch.suffix_inputs(), use_cache=True, **{cache_argument(net): cache}, **kwargs)
+
+
 def accepts_logits_to_keep(net: nn.Module) -> bool:
     """Whether ``net.forward`` takes ``logits_to_keep`` (then the head computes logits only
     for the last positions, which is all a target loss or a next-token score needs)."""

@@ -101,6 +101,7 @@ class MultiLayerConfig:
     seed: int = 0
     bf16: bool | None = None  # None: auto (kedsl.toolkit.precision)
     v_batch: int = 10
+    spread_passes: int = 1
 
     @classmethod
     def from_params(cls, params: dict[str, Any], default_seed: int = 0) -> Any:
@@ -178,16 +179,19 @@ def spread_update(
     solve: LayerSolver,
     weights: WeightJournal,
     progress: Callable[[str], None] | None = None,
+    passes: int = 1,
 ) -> dict[str, Any]:
     """Write ``targets`` (``(d, n)``, after the last of ``layers``) into the MLP output
     projections of ``layers`` (step 2 of the module docstring). Returns what happened per
-    layer and the mean remaining gap ``‖z − h_L‖`` after the update."""
+    layer and the mean remaining gap ``‖z − h_L‖`` after the update. ``passes > 1`` runs
+    the whole spread again on the gap the previous pass left (each layer's change moves
+    the keys of the layers after it, so one pass closes only ~80% of the gap)."""
     layers = sorted(layers)
     last = layers[-1]
     per_layer: list[dict[str, float]] = []
-    for j, layer in enumerate(layers):
+    for pass_no, (j, layer) in ((p, jl) for p in range(passes) for jl in enumerate(layers)):
         if progress:
-            progress(f"layer {layer}")
+            progress(f"layer {layer}" + (f" (pass {pass_no + 1} of {passes})" if passes > 1 else ""))
         keys = compute_keys(model, layer, requests, templates)
         gap = targets - current_outputs(model, last, requests)
         residuals = gap / (len(layers) - j)
@@ -198,7 +202,7 @@ def spread_update(
         if tuple(update.shape) != tuple(w.shape):
             raise RuntimeError(f"update shape {tuple(update.shape)} does not match {name} {tuple(w.shape)}")
         weights.add_(name, update)
-        per_layer.append({"layer": layer, "gap_norm": float(gap.norm(dim=0).mean()), "update_norm": float(delta.norm())})
+        per_layer.append({"layer": layer, "pass": pass_no, "gap_norm": float(gap.norm(dim=0).mean()), "update_norm": float(delta.norm())})
         log.debug("layer %d: mean gap %.3f, ||dW|| %.3f", layer, per_layer[-1]["gap_norm"], per_layer[-1]["update_norm"])
     final_gap = targets - current_outputs(model, last, requests)
     return {"per_layer": per_layer, "final_gap_norm": float(final_gap.norm(dim=0).mean())}
@@ -220,7 +224,7 @@ def multilayer_edit(
     templates = context_templates(model, cfg.context_lengths, cfg.context_count, cfg.seed)
     say(f"{method}: target search for {len(requests)} facts")
     found = search_targets(model, requests, templates, cfg.layers[-1], cfg.value_search(), cfg.v_batch)
-    spread = spread_update(model, requests, cfg.layers, templates, found.z, solve, context.weights, lambda s: say(f"{method}: {s}"))
+    spread = spread_update(model, requests, cfg.layers, templates, found.z, solve, context.weights, lambda s: say(f"{method}: {s}"), cfg.spread_passes)
     seconds = time.perf_counter() - t0
     log.info("%s: %d facts, layers %s, %d search steps, %.1fs (search %.1fs)", method, len(requests), cfg.layers, found.steps, seconds, found.seconds)
     return {

@@ -21,5 +21,6 @@ SHARED = (
     Param("context_lengths", "list[int]", [5, 10], "token lengths of the generated context templates"),
     Param("seed", "int", None, "seed for context templates and the statistics corpus (default: the run's seed)", min=0),
     Param("v_batch", "int", 10, "facts per target-search batch (0: all at once); smaller bounds memory (the search's rows are facts x templates)", min=0),
+    Param("spread_passes", "int", 1, "passes of the layer-by-layer update; a later pass spreads the gap to the targets the earlier left", min=1, max=10),
     Param("bf16", "bool", None, "bf16 autocast in the target search (default: on only where the CPU has native bf16, AMX or AVX512-BF16; off = exact fp32)"),
 )

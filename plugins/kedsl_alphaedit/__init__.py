@@ -25,8 +25,11 @@ PARAMS = (
 PRESETS = (
     Preset(
         family="llama",
-        values={"layers": [4, 5, 6, 7, 8], "l2": 1.0},
-        measured_by="l2 swept on ZsRE records 0-9 in one batch (table in kedsl_memit.memit.SWEEP); layers and threshold not swept",
+        values={"layers": [2, 3, 4, 5, 6, 7, 8], "l2": 1.0, "context_count": 1},
+        measured_by=(
+            "l2 swept on ZsRE records 0-9 and 40-79 in one batch, with MEMIT's search and layer settings "
+            "(tables in kedsl_memit.memit.SWEEP); the threshold is not swept"
+        ),
     ),
     Preset(
         family="gpt2",

@@ -56,6 +56,16 @@ METRICS = [
         prompts_field="generation",
     ),
     MetricSpec(
+        name="fluency_unrelated",
+        implementation=_IMPL + "FluencyUnrelated",
+        doc="Fluency (as above) of greedy generations from the locality prompts: whether generation in general "
+        "degrades, apart from the edited answers; passes within 10% of the pre-edit value.",
+        relative_tolerance=0.10,
+        needs_baseline=True,
+        prompt_form="none",
+        prompts_field="locality",
+    ),
+    MetricSpec(
         name="efficacy_gen",
         implementation=_IMPL + "EfficacyGen",
         doc="Generation-based success: greedy n+5 tokens from the edit prompt start with the target.",

@@ -220,6 +220,17 @@ class Fluency:
         return out
 
 
+class FluencyUnrelated(Fluency):
+    """:class:`Fluency` on the case's locality prompts instead of its edit prompts. The
+    edit prompts' continuations change by design (a new answer, then whatever follows
+    it), so their entropy moves even when nothing else in the model does; unrelated
+    prompts show whether the model's generation in general has degraded (the collapse
+    that long edit sequences cause)."""
+
+    def prompts(self, case: EvalCase) -> list[str]:
+        return list(dict.fromkeys(p for p, _ in case.locality))
+
+
 # -- generation-based efficacy -------------------------------------------------------------
 class EfficacyGen:
     """1 for an edit prompt if greedy decoding of n+5 tokens (n = target tokens), stripped
