@@ -307,7 +307,7 @@ def test_value_search_on_cut_rows_finds_what_the_whole_rows_find(fixture, reques
     model = sharpen(request.getfixturevalue(fixture))
     path = model.arch.mlp_out.format(1)
     facts = [Fact("The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "French"),
-             Fact("Steve Jobs", "Steve Jobs", "Paris")]  # the subject at the very start: no prefix
+             Fact("Steve Jobs", "Steve Jobs", "Paris")]  # the subject opens the prompt: a short prefix
     templates = ["{}", "Berlin is big. {}"]
     runs = [search_values(model, path, facts, templates, ValueSearchConfig(steps=6, nll_tol=0.0, bf16=False, prefix_cache=cut)) for cut in (True, False)]
     assert runs[0].steps == runs[1].steps == 6

@@ -161,9 +161,8 @@ def run_suffix(net: nn.Module, batch: SplitBatch, prefix: list[tuple[torch.Tenso
     """The forward pass of the suffixes of ``batch`` on top of ``prefix``'s keys and
     values, in a fresh cache (the pass appends to it; the prefix tensors are not changed,
     so each call starts from the same prefix and holds no autograd graph of another)."""
-    if prefix is None:
-        p = batch.prefix_width  # 0
-        return net(input_ids=batch.suffix_ids, attention_mask=batch.attention_mask[:, p:], position_ids=batch.position_ids[:, p:], use_cache=False, **kwargs)
+    if prefix is None:  # no row has a prefix: the suffixes are the whole rows
+        return net(**batch.suffix_inputs(), use_cache=False, **kwargs)
     from transformers import DynamicCache
 
     try:

@@ -189,21 +189,22 @@ def spread_update(
     layers = sorted(layers)
     last = layers[-1]
     per_layer: list[dict[str, float]] = []
-    for pass_no, (j, layer) in ((p, jl) for p in range(passes) for jl in enumerate(layers)):
-        if progress:
-            progress(f"layer {layer}" + (f" (pass {pass_no + 1} of {passes})" if passes > 1 else ""))
-        keys = compute_keys(model, layer, requests, templates)
-        gap = targets - current_outputs(model, last, requests)
-        residuals = gap / (len(layers) - j)
-        delta = solve(layer, keys, residuals)
-        name = model.mlp_out_weight_name(layer)
-        w = model.parameter(name)
-        update = delta.T if model.arch.transposed else delta
-        if tuple(update.shape) != tuple(w.shape):
-            raise RuntimeError(f"update shape {tuple(update.shape)} does not match {name} {tuple(w.shape)}")
-        weights.add_(name, update)
-        per_layer.append({"layer": layer, "pass": pass_no, "gap_norm": float(gap.norm(dim=0).mean()), "update_norm": float(delta.norm())})
-        log.debug("layer %d: mean gap %.3f, ||dW|| %.3f", layer, per_layer[-1]["gap_norm"], per_layer[-1]["update_norm"])
+    for pass_no in range(passes):
+        for j, layer in enumerate(layers):
+            if progress:
+                progress(f"layer {layer}" + (f" (pass {pass_no + 1} of {passes})" if passes > 1 else ""))
+            keys = compute_keys(model, layer, requests, templates)
+            gap = targets - current_outputs(model, last, requests)
+            residuals = gap / (len(layers) - j)
+            delta = solve(layer, keys, residuals)
+            name = model.mlp_out_weight_name(layer)
+            w = model.parameter(name)
+            update = delta.T if model.arch.transposed else delta
+            if tuple(update.shape) != tuple(w.shape):
+                raise RuntimeError(f"update shape {tuple(update.shape)} does not match {name} {tuple(w.shape)}")
+            weights.add_(name, update)
+            per_layer.append({"layer": layer, "pass": pass_no, "gap_norm": float(gap.norm(dim=0).mean()), "update_norm": float(delta.norm())})
+            log.debug("layer %d: mean gap %.3f, ||dW|| %.3f", layer, per_layer[-1]["gap_norm"], per_layer[-1]["update_norm"])
     final_gap = targets - current_outputs(model, last, requests)
     return {"per_layer": per_layer, "final_gap_norm": float(final_gap.norm(dim=0).mean())}
 
