@@ -13,6 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# A fixed statistics corpus for the tiny models (see fixtures/README.md)
+STATS_CORPUS = str(Path(__file__).parent / "fixtures" / "tiny_stats_corpus.txt")
+
 # A small corpus with the facts tests edit; the tokenizer is trained on it.
 TINY_CORPUS = [
     "The Eiffel Tower is located in the city of Paris.",

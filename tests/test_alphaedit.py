@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import method_params, sharpen
+from conftest import STATS_CORPUS, method_params, sharpen
 
 import kedsl_alphaedit
 from kedsl.editing import EditContext, EditRequest, WeightJournal
@@ -22,6 +22,7 @@ REQUESTS = [
 FAST = {
     "layers": [1, 2],
     "mom2_samples": 1500,
+    "stats_corpus": STATS_CORPUS,
     "null_space_threshold": 0.05,
     "l2": 1e-3,
     "context_count": 2,
@@ -54,7 +55,7 @@ def test_update_is_orthogonal_to_the_preserved_keys(fixture, request):
 
     model = sharpen(request.getfixturevalue(fixture))
     outcome, _ = run(model)
-    mom2 = second_moment(model, 1, "model", FAST["mom2_samples"], 0).double()
+    mom2 = second_moment(model, 1, STATS_CORPUS, FAST["mom2_samples"], 0).double()
     evals, evecs = torch.linalg.eigh((mom2 + mom2.T) / 2)
     preserved = evecs[:, evals >= FAST["null_space_threshold"] * evals.max()]  # the keys' main directions
     assert 0 < preserved.shape[1] < mom2.shape[0]

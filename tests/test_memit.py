@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import method_params, sharpen
+from conftest import STATS_CORPUS, method_params, sharpen
 
 import kedsl_memit
 from kedsl.editing import EditContext, EditRequest, WeightJournal
@@ -28,6 +28,7 @@ REQUESTS = [
 FAST = {
     "layers": [1, 2],
     "mom2_samples": 1500,
+    "stats_corpus": STATS_CORPUS,
     "mom2_update_weight": 1.0,
     "context_count": 2,
     "context_lengths": [4],
@@ -86,7 +87,7 @@ def test_memit_layer_update_is_the_weighted_least_squares_solution(fixture, requ
     p = params(mom2_update_weight=3.0)
     templates = context_templates(model, p["context_lengths"], p["context_count"], 0)
     keys = compute_keys(model, 1, REQUESTS, templates)
-    mom2 = second_moment(model, 1, "model", p["mom2_samples"], 0)
+    mom2 = second_moment(model, 1, STATS_CORPUS, p["mom2_samples"], 0)
     outcome = run_memit(model, mom2_update_weight=3.0)
     delta = outcome.changes[model.mlp_out_weight_name(1)].delta.double()
     dw = delta.T if model.arch.transposed else delta  # (d_out, d_in)
@@ -111,6 +112,47 @@ def test_memit_layer_update_is_the_weighted_least_squares_solution(fixture, requ
     # λ = 0: exact interpolation of the residuals (n < d_in)
     torch.testing.assert_close(layer_update(kk, rr, None, 0.0) @ kk, rr, atol=1e-8, rtol=1e-8)
     assert current_outputs(model, 2, REQUESTS).shape == (model.model.config.hidden_size, len(REQUESTS))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("chunk_rows", [256, 3])
+def test_spread_reader_reads_what_fresh_passes_read_and_reruns_only_above_a_write(fixture, chunk_rows, request, monkeypatch):
+    """The spread's reader (cut rows, replayed lower layers) gives the keys and h_L of
+    compute_keys/current_outputs, before and after a write, recomputing only from the
+    written layer up."""
+    from kedsl.toolkit.context import context_templates
+    from kedsl.toolkit.multilayer import SpreadReader, compute_keys, current_outputs
+
+    model = sharpen(request.getfixturevalue(fixture))
+    templates = context_templates(model, [4], 2, 0)
+    layers = [1, 2]
+    blocks = list(model.module(model.arch.layers))
+    ran = []
+    real = type(blocks[0]).forward
+    monkeypatch.setattr(type(blocks[0]), "forward", lambda self, *a, **k: ran.append(blocks.index(self)) or real(self, *a, **k))
+    reader = SpreadReader(model, REQUESTS, layers, templates, chunk_rows)  # 3: rows of a request in several chunks
+
+    def check(h):
+        torch.testing.assert_close(h, current_outputs(model, 2, REQUESTS), atol=1e-4, rtol=1e-4)
+        for layer in layers:
+            torch.testing.assert_close(reader.keys[layer], compute_keys(model, layer, REQUESTS, templates), atol=1e-4, rtol=1e-4)
+
+    ran.clear()
+    h0 = reader.read()
+    chunks = len(reader.chunks)
+    assert chunks == (1 if chunk_rows == 256 else 4)
+    assert ran == [0, 1, 2] * chunks  # the first read runs every block up to the last edited layer
+    check(h0)
+    name = model.mlp_out_weight_name(2)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.parameter(name).add_(0.5 * torch.randn(model.parameter(name).shape, generator=g))
+    reader.written(2)
+    ran.clear()
+    h1 = reader.read()
+    assert ran == [2] * chunks  # blocks 0 and 1 replayed
+    assert not torch.allclose(h1, h0)  # the write moved h_L
+    check(h1)
 
 
 def test_memit_is_deterministic(tiny_llama):

@@ -10,7 +10,8 @@ import torch
 from kedsl.toolkit import activations as act
 from kedsl.toolkit import context as ctxmod
 from kedsl.toolkit import stats as statsmod
-from kedsl.toolkit.optimize import Fact, ValueSearchConfig, search_values
+from kedsl.toolkit.multilayer import residual_path
+from kedsl.toolkit.optimize import Fact, ValueSearchConfig, layers_below, search_values
 from kedsl.toolkit.activations import make_batch, make_split_batch, pad_id, prefix_keys_values, run_suffix
 from kedsl.toolkit.tokens import encode_pair, encode_with_subject
 
@@ -303,13 +304,27 @@ def test_split_rows_run_their_suffix_on_cached_prefix_exactly_as_whole_rows(fixt
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
-def test_value_search_on_cut_rows_finds_what_the_whole_rows_find(fixture, request):
+@pytest.mark.parametrize("where", ["mlp_out", "residual"])
+def test_value_search_on_cut_rows_finds_what_the_whole_rows_find(fixture, where, request, monkeypatch):
     model = sharpen(request.getfixturevalue(fixture))
-    path = model.arch.mlp_out.format(1)
+    # ROME-style (inside layer 1: layer 0 is replayed) and MEMIT-style (layer 1's output:
+    # layers 0 and 1 are replayed)
+    path = model.arch.mlp_out.format(1) if where == "mlp_out" else residual_path(model, 1)
+    layers = list(model.module(model.arch.layers))
+    assert layers_below(model, path) == layers[: 1 if where == "mlp_out" else 2]
     facts = [Fact("The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "French"),
              Fact("Steve Jobs", "Steve Jobs", "Paris")]  # the subject opens the prompt: a short prefix
     templates = ["{}", "Berlin is big. {}"]
-    runs = [search_values(model, path, facts, templates, ValueSearchConfig(steps=6, nll_tol=0.0, bf16=False, prefix_cache=cut)) for cut in (True, False)]
+    computed = []  # passes in which layer 0 really computed
+    real = type(layers[0]).forward
+    monkeypatch.setattr(type(layers[0]), "forward", lambda self, *a, **k: computed.append(self is layers[0]) or real(self, *a, **k))
+    runs = []
+    for cut in (True, False):
+        computed.clear()
+        runs.append(search_values(model, path, facts, templates, ValueSearchConfig(steps=6, nll_tol=0.0, bf16=False, prefix_cache=cut)))
+        # cut: the prefix pass and the recording pass only; whole rows: the first pass and
+        # the 7 of steps 0..6 (the last measures the sixth update)
+        assert computed.count(True) == (2 if cut else 8)
     assert runs[0].steps == runs[1].steps == 6
     torch.testing.assert_close(runs[0].initial, runs[1].initial, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(torch.tensor(runs[0].loss), torch.tensor(runs[1].loss), atol=1e-4, rtol=1e-4)

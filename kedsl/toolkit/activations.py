@@ -172,6 +172,53 @@ def run_suffix(net: nn.Module, batch: SplitBatch, prefix: list[tuple[torch.Tenso
     return net(**batch.suffix_inputs(), use_cache=True, **{cache_argument(net): cache}, **kwargs)
 
 
+def _detached(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_detached(v) for v in x)
+    return x
+
+
+@torch.no_grad()
+def record_layer_outputs(net: nn.Module, layers: Sequence[nn.Module], run: Callable[[], Any]) -> list[Any]:
+    """The outputs (whole, detached) of ``layers`` in the pass ``run()`` makes; the pass
+    stops after the last of them."""
+    outs: list[Any] = [None] * len(layers)
+    with hooked() as hs:
+        for i, mod in enumerate(layers):
+            def post(m: nn.Module, args: tuple, out: Any, _i: int = i) -> None:
+                outs[_i] = _detached(out)
+                if _i == len(layers) - 1:
+                    raise StopForward
+            hs.append(mod.register_forward_hook(post))
+        try:
+            run()
+        except StopForward:
+            pass
+    if any(o is None for o in outs):
+        raise RuntimeError("a layer to record did not run")
+    return outs
+
+
+@contextlib.contextmanager
+def replaying(layers: Sequence[nn.Module], outputs: Sequence[Any]) -> Iterator[None]:
+    """Inside the block each of ``layers`` returns its recorded output instead of computing
+    it (its hooks still run, so :func:`add_at` on the last one still adds there). For the
+    layers below a value search's edit point: their outputs at the cut rows' suffix tokens
+    cannot depend on ``δ``, so every step would recompute the same numbers. Layers that
+    are skipped do not append to a key/value cache; nothing reads theirs in that pass."""
+    if len(layers) != len(outputs):
+        raise ValueError("one recorded output per layer")
+    try:
+        for mod, out in zip(layers, outputs):
+            mod.forward = lambda *a, _o=out, **k: _o
+        yield
+    finally:
+        for mod in layers:
+            mod.__dict__.pop("forward", None)
+
+
 def accepts_logits_to_keep(net: nn.Module) -> bool:
     """Whether ``net.forward`` takes ``logits_to_keep`` (then the head computes logits only
     for the last positions, which is all a target loss or a next-token score needs)."""
@@ -370,3 +417,19 @@ def frozen(model: LoadedModel) -> Iterator[None]:
     finally:
         for p, s in zip(params, saved):
             p.requires_grad_(s)
+
+
+@contextlib.contextmanager
+def attention_for_backward(device: torch.device) -> Iterator[None]:
+    """On CPU, scaled-dot-product attention uses PyTorch's plain (math) kernel inside the
+    block. Its forward is slower than the fused flash kernel but the flash kernel's CPU
+    backward is far slower still: in a value-search step on SmolLM2 (10 facts, 3
+    templates) it took 30% of the step, ~20x its own forward; with the math kernel the step
+    was 25% faster. Elsewhere (CUDA) the default selection stays."""
+    if device.type != "cpu":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield

@@ -10,9 +10,11 @@ output projection of layer ``l`` (keys: its input; values: its output):
    updated so far:
 
    * keys ``K`` (``d_in × n``): ``W``'s input at the subject's last token, averaged over
-     the context templates (:func:`compute_keys`);
+     the context templates;
    * residual ``R`` (``d_out × n``): ``(z − h_L) / (m − j + 1)``, the share of the
-     remaining gap this layer takes (``h_L`` read again with the earlier layers updated);
+     remaining gap this layer takes (``h_L`` read again with the earlier layers updated;
+     :class:`SpreadReader` reads both in one pass that reruns only the layers from the
+     last one written);
    * ``ΔW = solve(layer, K, R)``, the method's own rule (MEMIT: :func:`least_squares_update`;
      AlphaEdit: the same projected onto the null space of preserved keys);
    * ``W += ΔW`` through the edit's weight journal (GPT-2's Conv1D stores ``W``
@@ -31,7 +33,7 @@ from ..editing import EditContext, EditRequest, WeightJournal
 from ..errors import UsageError
 from ..params import config_values
 from ..model.handle import LoadedModel
-from .activations import read_at
+from .activations import StopForward, hooked, make_batch, pad_id, read_at, replaying
 from .context import context_templates
 from .optimize import Fact, ValueSearchConfig, search_values, template_prefix
 from .tokens import encode_with_subject
@@ -170,6 +172,90 @@ def search_targets(
     )
 
 
+class SpreadReader:
+    """The keys and ``h_L`` the spread needs at each layer step, from one forward pass per
+    step that recomputes only what the last write changed.
+
+    A write to layer ``l``'s MLP output projection changes nothing below ``l``: the layers
+    under the lowest one written since the previous read return the outputs recorded then
+    (:func:`kedsl.toolkit.activations.replaying`), and a replayed layer's key is the one
+    read then. The rows are each request's context-templated prompts cut after the
+    subject's last token (nothing later reaches it); the plain ones (template ``"{}"``)
+    give ``h_L``. Over the seven layers and two passes of the SmolLM2 preset this runs
+    about half the layer-rows of reading keys and ``h_L`` afresh at every step. Rows run
+    in chunks of ``chunk_rows``, sorted by length, so a large batch neither pads every row
+    to its longest nor holds one pass over all of them in memory."""
+
+    def __init__(self, model: LoadedModel, requests: Sequence[EditRequest], layers: Sequence[int], templates: Sequence[str], chunk_rows: int = 256):
+        if not templates or templates[0] != "{}":
+            raise ValueError('the first context template must be the plain "{}"')
+        self.model = model
+        self.layers = sorted(layers)
+        self.n, self.t = len(requests), len(templates)
+        rows = []
+        for r in requests:
+            for tpl in templates:
+                enc = encode_with_subject(model.tokenizer, r.prompt, r.subject, prefix=template_prefix(tpl))
+                rows.append(enc.input_ids[: enc.subject_last + 1])
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        self.chunks = [order[i : i + chunk_rows] for i in range(0, len(order), chunk_rows)]
+        self.batches = [make_batch([rows[i] for i in c], pad_id(model.tokenizer), model.device, side="left") for c in self.chunks]
+        self.blocks = list(model.module(model.arch.layers))[: self.layers[-1] + 1]
+        self.recorded: list[list[Any] | None] = [None] * len(self.chunks)  # per chunk, every block's output in the last read
+        self.key_rows: dict[int, torch.Tensor] = {}  # per edited layer, (rows, d_in), from the last read that ran it
+        self.keys: dict[int, torch.Tensor] = {}  # per edited layer, (d_in, n): key_rows averaged over templates
+        self.dirty_from = 0  # the lowest layer written since the last read
+
+    def written(self, layer: int) -> None:
+        """Layer ``layer``'s weights changed: it and everything above it must run again."""
+        self.dirty_from = min(self.dirty_from, layer)
+
+    @torch.no_grad()
+    def read(self) -> torch.Tensor:
+        """One pass; refreshes :attr:`keys` and returns ``h_L`` (``(d, n)`` float32)."""
+        h_rows: torch.Tensor | None = None
+        for c, (idx, batch) in enumerate(zip(self.chunks, self.batches)):
+            h = self._read_chunk(c, torch.tensor(idx, device=batch.input_ids.device), batch)
+            if h_rows is None:
+                h_rows = h.new_empty(self.n * self.t, h.shape[-1])
+            h_rows[idx] = h
+        self.dirty_from = len(self.blocks)
+        for layer, k in self.key_rows.items():
+            self.keys[layer] = k.reshape(self.n, self.t, -1).mean(1).T.contiguous()
+        assert h_rows is not None
+        return h_rows.reshape(self.n, self.t, -1)[:, 0].T.contiguous()
+
+    def _read_chunk(self, c: int, idx: torch.Tensor, batch: Any) -> torch.Tensor:
+        model, last_col = self.model, batch.input_ids.shape[1] - 1  # left padding: every row ends there
+        recorded = self.recorded[c]
+        replay = recorded[: self.dirty_from] if recorded is not None else []
+        outs: list[Any] = [None] * len(self.blocks)
+        with hooked() as hs:
+            for layer in self.layers:
+                def pre(m: Any, args: tuple, _l: int = layer) -> None:
+                    x = args[0][:, last_col].float()
+                    if _l not in self.key_rows:
+                        self.key_rows[_l] = x.new_empty(self.n * self.t, x.shape[-1])
+                    self.key_rows[_l][idx] = x
+                hs.append(model.module(model.arch.mlp_out.format(layer)).register_forward_pre_hook(pre))
+            for i, block in enumerate(self.blocks):
+                def post(m: Any, args: tuple, out: Any, _i: int = i) -> None:
+                    outs[_i] = out
+                    if _i == len(self.blocks) - 1:
+                        raise StopForward
+                hs.append(block.register_forward_hook(post))
+            with replaying(self.blocks[: len(replay)], replay):
+                try:
+                    model.model(**batch.inputs(), use_cache=False)
+                except StopForward:
+                    pass
+        if any(o is None for o in outs):
+            raise RuntimeError("a layer did not run in the spread's read")
+        self.recorded[c] = outs
+        h = outs[-1][0] if isinstance(outs[-1], (tuple, list)) else outs[-1]
+        return h[:, last_col].float()
+
+
 def spread_update(
     model: LoadedModel,
     requests: Sequence[EditRequest],
@@ -187,14 +273,14 @@ def spread_update(
     the whole spread again on the gap the previous pass left (each layer's change moves
     the keys of the layers after it, so one pass closes only ~80% of the gap)."""
     layers = sorted(layers)
-    last = layers[-1]
+    reader = SpreadReader(model, requests, layers, templates)
     per_layer: list[dict[str, float]] = []
     for pass_no in range(passes):
         for j, layer in enumerate(layers):
             if progress:
                 progress(f"layer {layer}" + (f" (pass {pass_no + 1} of {passes})" if passes > 1 else ""))
-            keys = compute_keys(model, layer, requests, templates)
-            gap = targets - current_outputs(model, last, requests)
+            gap = targets - reader.read()
+            keys = reader.keys[layer]
             residuals = gap / (len(layers) - j)
             delta = solve(layer, keys, residuals)
             name = model.mlp_out_weight_name(layer)
@@ -203,9 +289,10 @@ def spread_update(
             if tuple(update.shape) != tuple(w.shape):
                 raise RuntimeError(f"update shape {tuple(update.shape)} does not match {name} {tuple(w.shape)}")
             weights.add_(name, update)
+            reader.written(layer)
             per_layer.append({"layer": layer, "pass": pass_no, "gap_norm": float(gap.norm(dim=0).mean()), "update_norm": float(delta.norm())})
             log.debug("layer %d: mean gap %.3f, ||dW|| %.3f", layer, per_layer[-1]["gap_norm"], per_layer[-1]["update_norm"])
-    final_gap = targets - current_outputs(model, last, requests)
+    final_gap = targets - reader.read()
     return {"per_layer": per_layer, "final_gap_norm": float(final_gap.norm(dim=0).mean())}
 
 

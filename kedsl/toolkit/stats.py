@@ -160,7 +160,6 @@ def second_moments(
         rows = _text_rows(model, corpus, samples, max_len)
 
     paths = {l: model.arch.mlp_out.format(l) for l in missing}
-    dim = None
     sums: dict[int, torch.Tensor] = {}
     counts = {l: 0 for l in missing}
     deepest = model.layer(max(missing))
