@@ -45,3 +45,24 @@ def test_method_defaults_are_auto():
     for module in (kedsl_rome, kedsl_memit, kedsl_alphaedit):
         param = next(p for p in module.PARAMS if p.name == "bf16")
         assert param.default is None, module.__name__
+
+
+def test_linear_weights_as_gives_autocast_the_same_numbers_and_puts_the_weights_back(tiny_llama):
+    import torch
+
+    from kedsl.toolkit.precision import linear_weights_as
+
+    net = tiny_llama.model
+    ids = torch.tensor([[5, 9, 13, 7, 21]])
+    before = {n: p for n, p in net.named_parameters()}
+    tied = net.get_output_embeddings().weight is net.get_input_embeddings().weight
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = net(input_ids=ids).logits
+        with linear_weights_as(net, torch.bfloat16):
+            assert all(m.weight.dtype == torch.bfloat16 for m in net.modules() if isinstance(m, torch.nn.Linear))
+            got = net(input_ids=ids).logits
+    assert torch.equal(got, ref)  # autocast casts to the same bf16 values
+    after = {n: p for n, p in net.named_parameters()}
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+    assert all(p.dtype == torch.float32 for p in after.values())
+    assert (net.get_output_embeddings().weight is net.get_input_embeddings().weight) == tied

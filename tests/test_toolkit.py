@@ -332,3 +332,15 @@ def test_value_search_on_cut_rows_finds_what_the_whole_rows_find(fixture, where,
     # coordinates into noticeable steps: compare loosely
     torch.testing.assert_close(runs[0].deltas, runs[1].deltas, atol=2e-3, rtol=1e-2)
     assert runs[0].deltas.abs().max() > 1e-3  # it moved
+
+
+def test_replaying_returns_recorded_outputs_and_restores_an_instance_forward(tiny_llama):
+    layers = list(tiny_llama.module(tiny_llama.arch.layers))
+    own = layers[1].forward  # a bound method set on the instance, as accelerate's hooks do
+    layers[1].forward = own
+    marker = torch.full((1, 2, 3), 7.0)
+    with act.replaying(layers[:2], [marker, marker]):
+        assert layers[0](torch.zeros(1)) is marker and layers[1](torch.zeros(1)) is marker
+    assert "forward" not in layers[0].__dict__  # the class's forward again
+    assert layers[1].__dict__["forward"] is own
+    del layers[1].forward

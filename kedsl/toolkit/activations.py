@@ -210,13 +210,18 @@ def replaying(layers: Sequence[nn.Module], outputs: Sequence[Any]) -> Iterator[N
     are skipped do not append to a key/value cache; nothing reads theirs in that pass."""
     if len(layers) != len(outputs):
         raise ValueError("one recorded output per layer")
+    # a forward set on the instance (accelerate's offload hooks wrap it so) is put back
+    saved = [(mod, mod.__dict__.get("forward")) for mod in layers]
     try:
         for mod, out in zip(layers, outputs):
             mod.forward = lambda *a, _o=out, **k: _o
         yield
     finally:
-        for mod in layers:
-            mod.__dict__.pop("forward", None)
+        for mod, own in saved:
+            if own is None:
+                mod.__dict__.pop("forward", None)
+            else:
+                mod.forward = own
 
 
 def accepts_logits_to_keep(net: nn.Module) -> bool:

@@ -266,14 +266,16 @@ def spread_update(
     weights: WeightJournal,
     progress: Callable[[str], None] | None = None,
     passes: int = 1,
+    chunk_rows: int = 256,
 ) -> dict[str, Any]:
     """Write ``targets`` (``(d, n)``, after the last of ``layers``) into the MLP output
     projections of ``layers`` (step 2 of the module docstring). Returns what happened per
     layer and the mean remaining gap ``‖z − h_L‖`` after the update. ``passes > 1`` runs
     the whole spread again on the gap the previous pass left (each layer's change moves
-    the keys of the layers after it, so one pass closes only ~80% of the gap)."""
+    the keys of the layers after it, so one pass closes only ~80% of the gap).
+    ``chunk_rows``: rows per forward pass of the reads (:class:`SpreadReader`)."""
     layers = sorted(layers)
-    reader = SpreadReader(model, requests, layers, templates)
+    reader = SpreadReader(model, requests, layers, templates, chunk_rows)
     per_layer: list[dict[str, float]] = []
     for pass_no in range(passes):
         for j, layer in enumerate(layers):

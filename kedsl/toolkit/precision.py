@@ -57,7 +57,7 @@ def linear_weights_as(net: nn.Module, dtype: torch.dtype) -> Iterator[None]:
                 continue
             for name in ("weight", "bias"):
                 p = getattr(mod, name, None)
-                if p is None or p.dtype == dtype:
+                if p is None or p.dtype == dtype or p.is_meta:  # meta: offloaded, loaded by its hooks
                     continue
                 if id(p) not in copies:
                     copies[id(p)] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
