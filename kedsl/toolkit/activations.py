@@ -244,7 +244,8 @@ def hooked(handles: list[torch.utils.hooks.RemovableHandle] | None = None) -> It
             h.remove()
 
 
-def _first_tensor(x: Any) -> torch.Tensor:
+def first_tensor(x: Any) -> torch.Tensor:
+    """A module's output (or positional inputs) as one tensor: the first of a tuple."""
     return x[0] if isinstance(x, (tuple, list)) else x
 
 
@@ -298,7 +299,7 @@ def trace(
 
             def post(m: nn.Module, args: tuple, out: Any, _p: str = path) -> None:
                 if outputs:
-                    y = _first_tensor(out)
+                    y = first_tensor(out)
                     rec.outputs[_p] = y.detach() if detach else y
                 if stop_after == _p:
                     raise StopForward
@@ -348,7 +349,7 @@ def read_at(
 def edit_output(model: LoadedModel, path: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """During the block, module ``path``'s (first) output ``y`` is replaced by ``fn(y)``."""
     def post(m: nn.Module, args: tuple, out: Any) -> Any:
-        return _replace_first(out, fn(_first_tensor(out)))
+        return _replace_first(out, fn(first_tensor(out)))
 
     with hooked() as hs:
         hs.append(model.module(path).register_forward_hook(post))
@@ -385,10 +386,10 @@ def add_rank_one(model: LoadedModel, path: str, row_vectors: torch.Tensor, direc
     d = direction.float()
 
     def post(m: nn.Module, args: tuple, out: Any) -> Any:
-        x = _first_tensor(args)
+        x = first_tensor(args)
         with torch.autocast(x.device.type, enabled=False):
             gate = x.float() @ d  # (rows, tokens)
-        y = _first_tensor(out)
+        y = first_tensor(out)
         return _replace_first(out, y + (gate[..., None] * row_vectors[:, None, :]).to(y.dtype))
 
     with hooked() as hs:

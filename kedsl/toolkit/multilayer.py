@@ -33,7 +33,7 @@ from ..editing import EditContext, EditRequest, WeightJournal
 from ..errors import UsageError
 from ..params import config_values
 from ..model.handle import LoadedModel
-from .activations import StopForward, hooked, make_batch, pad_id, read_at, replaying
+from .activations import first_tensor, hooked, make_batch, pad_id, read_at, record_layer_outputs, replaying
 from .context import context_templates
 from .optimize import Fact, ValueSearchConfig, search_values, template_prefix
 from .tokens import encode_with_subject
@@ -198,8 +198,9 @@ class SpreadReader:
                 enc = encode_with_subject(model.tokenizer, r.prompt, r.subject, prefix=template_prefix(tpl))
                 rows.append(enc.input_ids[: enc.subject_last + 1])
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        self.chunks = [order[i : i + chunk_rows] for i in range(0, len(order), chunk_rows)]
-        self.batches = [make_batch([rows[i] for i in c], pad_id(model.tokenizer), model.device, side="left") for c in self.chunks]
+        chunks = [order[i : i + chunk_rows] for i in range(0, len(order), chunk_rows)]
+        self.chunks = [torch.tensor(c, device=model.device) for c in chunks]  # row indices per chunk
+        self.batches = [make_batch([rows[i] for i in c], pad_id(model.tokenizer), model.device, side="left") for c in chunks]
         self.blocks = list(model.module(model.arch.layers))[: self.layers[-1] + 1]
         self.recorded: list[list[Any] | None] = [None] * len(self.chunks)  # per chunk, every block's output in the last read
         self.key_rows: dict[int, torch.Tensor] = {}  # per edited layer, (rows, d_in), from the last read that ran it
@@ -215,7 +216,7 @@ class SpreadReader:
         """One pass; refreshes :attr:`keys` and returns ``h_L`` (``(d, n)`` float32)."""
         h_rows: torch.Tensor | None = None
         for c, (idx, batch) in enumerate(zip(self.chunks, self.batches)):
-            h = self._read_chunk(c, torch.tensor(idx, device=batch.input_ids.device), batch)
+            h = self._read_chunk(c, idx, batch)
             if h_rows is None:
                 h_rows = h.new_empty(self.n * self.t, h.shape[-1])
             h_rows[idx] = h
@@ -229,7 +230,6 @@ class SpreadReader:
         model, last_col = self.model, batch.input_ids.shape[1] - 1  # left padding: every row ends there
         recorded = self.recorded[c]
         replay = recorded[: self.dirty_from] if recorded is not None else []
-        outs: list[Any] = [None] * len(self.blocks)
         with hooked() as hs:
             for layer in self.layers:
                 def pre(m: Any, args: tuple, _l: int = layer) -> None:
@@ -238,22 +238,10 @@ class SpreadReader:
                         self.key_rows[_l] = x.new_empty(self.n * self.t, x.shape[-1])
                     self.key_rows[_l][idx] = x
                 hs.append(model.module(model.arch.mlp_out.format(layer)).register_forward_pre_hook(pre))
-            for i, block in enumerate(self.blocks):
-                def post(m: Any, args: tuple, out: Any, _i: int = i) -> None:
-                    outs[_i] = out
-                    if _i == len(self.blocks) - 1:
-                        raise StopForward
-                hs.append(block.register_forward_hook(post))
             with replaying(self.blocks[: len(replay)], replay):
-                try:
-                    model.model(**batch.inputs(), use_cache=False)
-                except StopForward:
-                    pass
-        if any(o is None for o in outs):
-            raise RuntimeError("a layer did not run in the spread's read")
+                outs = record_layer_outputs(model.model, self.blocks, lambda: model.model(**batch.inputs(), use_cache=False))
         self.recorded[c] = outs
-        h = outs[-1][0] if isinstance(outs[-1], (tuple, list)) else outs[-1]
-        return h[:, last_col].float()
+        return first_tensor(outs[-1])[:, last_col].float()
 
 
 def spread_update(
