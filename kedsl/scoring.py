@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from .model.handle import LoadedModel
-from .toolkit.activations import accepts_logits_to_keep, make_batch
+from .toolkit.activations import accepts_logits_to_keep, cache_kwargs, make_batch, returned_cache
 from .toolkit.tokens import Encoded, encode_pair
 
 log = logging.getLogger(__name__)
@@ -182,11 +182,11 @@ def greedy_ids(
                 input_ids=step_ids,
                 attention_mask=mask,
                 position_ids=step_pos,
-                past_key_values=past,
+                **cache_kwargs(net, past),
                 use_cache=True,
                 **extra,
             )
-            past = res.past_key_values
+            past = returned_cache(res)
             nxt = res.logits[:, -1, :].float().argmax(-1)
             for r in range(b):
                 if done[r]:

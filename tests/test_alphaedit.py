@@ -102,6 +102,13 @@ def test_update_solves_its_projected_system():
     torch.testing.assert_close(lhs, p @ k @ r.T, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(dw @ u[:, 8:], torch.zeros(d_out, d_in - 8, dtype=torch.float64), atol=1e-10, rtol=0)
 
+    # the weight on earlier edits' keys enters the system as written, and a larger one
+    # moves the outputs of those keys less
+    dw3 = projected_update(k, r, p, kp @ kp.T, 0.5, earlier_weight=3.0)
+    lhs3 = (p @ (3.0 * kp @ kp.T + k @ k.T) + 0.5 * torch.eye(d_in, dtype=torch.float64)) @ dw3.T
+    torch.testing.assert_close(lhs3, p @ k @ r.T, atol=1e-10, rtol=1e-10)
+    assert (dw3 @ kp).norm() < (dw @ kp).norm()
+
 
 def _script(tmp_path, name, model_ref, subject, target, expect=""):
     args = ", ".join(f"{k}={json.dumps(v)}" for k, v in FAST.items() if k != "layers")

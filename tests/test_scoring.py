@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kedsl.scoring import TFScore, greedy, score_encoded, teacher_forced  # noqa: E402
+from kedsl.scoring import TFScore, greedy, teacher_forced  # noqa: E402
 from kedsl.toolkit.tokens import encode_pair  # noqa: E402
 
 # Prompts of very different lengths, so batches are padded heavily.
@@ -89,3 +89,27 @@ def test_greedy_batched_equals_single(request, family):
         assert b == _reference_greedy(lm, p, 8)
     assert all(len(b) <= 8 for b in batched)
     assert any(len(b) == 8 for b in batched)
+
+
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_gpt2"])
+def test_greedy_hands_the_cache_by_the_name_the_model_takes(request, family):
+    """Recent transformers renamed ``past_key_values`` to ``cache`` and warn on the old
+    name (users saw the FutureWarning on every `apply`); the decoding loop must use
+    whichever name the forward takes, silently, and still reuse the cache."""
+    import warnings
+
+    from kedsl.toolkit.activations import cache_argument
+
+    lm = request.getfixturevalue(family)
+    calls = []
+    hook = lm.model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = greedy(lm, [PAIRS[0][0]], max_new_tokens=4, batch_size=1)
+    finally:
+        hook.remove()
+    assert out[0] == _reference_greedy(lm, PAIRS[0][0], 4)
+    assert cache_argument(lm.model) is not None
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    assert calls[1:] == [1] * (len(calls) - 1)  # after the prompt, one new token per step: the cache is used

@@ -134,6 +134,18 @@ def cache_argument(net: nn.Module) -> str | None:
     return next((n for n in ("cache", "past_key_values") if n in names), None)
 
 
+def cache_kwargs(net: nn.Module, cache: Any) -> dict[str, Any]:
+    """``{name: cache}`` for ``net(...)`` under the keyword its forward takes: recent
+    transformers warn on ``past_key_values`` and will drop it (5.40)."""
+    return {cache_argument(net) or "past_key_values": cache}
+
+
+def returned_cache(out: Any) -> Any:
+    """The key/value cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def _cache_pairs(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if hasattr(cache, "layers"):  # transformers >= 4.56
         return [(layer.keys, layer.values) for layer in cache.layers]
@@ -153,8 +165,7 @@ def prefix_keys_values(net: nn.Module, batch: SplitBatch) -> list[tuple[torch.Te
         raise ValueError(f"{type(net).__name__} takes no key/value cache")
     extra = {"logits_to_keep": 1} if accepts_logits_to_keep(net) else {}
     out = net(**batch.prefix_inputs(), use_cache=True, **extra)
-    cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
-    return [(k.detach(), v.detach()) for k, v in _cache_pairs(cache)]
+    return [(k.detach(), v.detach()) for k, v in _cache_pairs(returned_cache(out))]
 
 
 def run_suffix(net: nn.Module, batch: SplitBatch, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None, **kwargs: Any) -> Any:
@@ -169,7 +180,7 @@ def run_suffix(net: nn.Module, batch: SplitBatch, prefix: list[tuple[torch.Tenso
         cache = DynamicCache(ddp_cache_data=prefix)
     except TypeError:  # transformers < 4.56
         cache = DynamicCache.from_legacy_cache(tuple(prefix))
-    return net(**batch.suffix_inputs(), use_cache=True, **{cache_argument(net): cache}, **kwargs)
+    return net(**batch.suffix_inputs(), use_cache=True, **cache_kwargs(net, cache), **kwargs)
 
 
 def _detached(x: Any) -> Any:

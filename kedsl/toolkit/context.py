@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from ..model.handle import LoadedModel
+from .activations import cache_kwargs, returned_cache
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ def sample_token_rows(
             if length >= 64 and step % 32 == 0:
                 log.info("sampling: batch %d/%d, token %d/%d", b0 // batch_size + 1, -(-count // batch_size), step, length)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16 and dev.type == "cpu"):
-                res = model.model(input_ids=ids, past_key_values=past, use_cache=True)
-            past = res.past_key_values
+                res = model.model(input_ids=ids, use_cache=True, **cache_kwargs(model.model, past))
+            past = returned_cache(res)
             logits = res.logits[:, -1, :].float()
             if top_k is not None and top_k < logits.shape[-1]:
                 vals, idx = logits.topk(top_k, dim=-1)

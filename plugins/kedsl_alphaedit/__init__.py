@@ -18,17 +18,19 @@ from kedsl.toolkit.multilayer_params import LAYERS, SHARED
 PARAMS = (
     LAYERS,
     Param("null_space_threshold", "float", 1e-2, "eigen-directions of the key second moment C below this fraction of its largest eigenvalue form the null space the update may use", min=0.0, max=1.0),
-    Param("l2", "float", 10.0, "ridge term alpha in (P(K_p K_p^T + K K^T) + alpha I) dW^T = P K R^T", min=0.0),
+    Param("l2", "float", 10.0, "ridge term alpha in (P(w K_p K_p^T + K K^T) + alpha I) dW^T = P K R^T", min=0.0),
+    Param("earlier_weight", "float", 1.0, "w in the line above: how strongly the keys of earlier edits in the sequence are held to their outputs against the new edit (1 is the paper's)", min=0.0),
     *SHARED,
 )
 
 PRESETS = (
     Preset(
         family="llama",
-        values={"layers": [2, 3, 4, 5, 6, 7, 8], "l2": 1.0, "context_count": 1},
+        values={"layers": [2, 3, 4, 5, 6, 7, 8], "l2": 1.0, "earlier_weight": 16.0, "context_count": 1},
         measured_by=(
             "l2 swept on ZsRE records 0-9 and 40-79 in one batch, with MEMIT's search and layer settings "
-            "(tables in kedsl_memit.memit.SWEEP); the threshold is not swept"
+            "(tables in kedsl_memit.memit.SWEEP); earlier_weight, l2, the threshold and spread passes in "
+            "100 sequential edits of records 100-199 (kedsl_alphaedit.alphaedit.MEASURED)"
         ),
     ),
     Preset(

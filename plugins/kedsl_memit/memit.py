@@ -142,8 +142,8 @@ text moves the trade-off (locality +4 points at lambda 1000) but not past it.
 | 2000 | 0.902 | 0.518 | 0.855 |
 
 The rule: the highest efficacy with the best locality beside it. Presets (llama family):
-MEMIT layers 2..8, two spread passes, lambda 1500 (1000 until table 7); AlphaEdit layers 2..8, one pass, l2 1
-(its sequential acceptance run used that; two passes are not measured for it); both 3
+MEMIT layers 2..8, two spread passes, lambda 1500 (1000 until table 7); AlphaEdit layers 2..8, one pass, l2 1,
+earlier_weight 16 (its sequential sweep, two passes included, is in kedsl_alphaedit.alphaedit.MEASURED); both 3
 context templates, MEMIT's search bounds, statistics over 8192 tokens (65536 cost 5 min of corpus sampling and moved the
 trade-off along the same frontier rather than past it). With one pass, efficacy and
 locality traded along one frontier (at 40-50 facts no setting had both above 0.85); the
