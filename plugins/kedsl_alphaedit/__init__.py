@@ -19,7 +19,7 @@ PARAMS = (
     LAYERS,
     Param("null_space_threshold", "float", 1e-2, "eigen-directions of the key second moment C below this fraction of its largest eigenvalue form the null space the update may use", min=0.0, max=1.0),
     Param("l2", "float", 10.0, "ridge term alpha in (P(w K_p K_p^T + K K^T) + alpha I) dW^T = P K R^T", min=0.0),
-    Param("earlier_weight", "float", 1.0, "w in the line above: how strongly the keys of earlier edits in the sequence are held to their outputs against the new edit (1 is the paper's)", min=0.0),
+    Param("earlier_weight", "float", 1.0, "w in the system of l2: how strongly the keys of earlier edits in the sequence are held to their outputs against the new edit (1 is the paper's)", min=0.0),
     *SHARED,
 )
 
