@@ -31,19 +31,16 @@ REPO = Path(__file__).resolve().parent.parent
 ZSRE = REPO.parent / "shared" / "data" / "zsre_eval_head.json"
 
 
-def forced_fluencies(model, prompts: list[str], answers: list[str | None] | None, new_tokens: int) -> list[float | None]:
+def forced_fluencies(model, prompts: list[str], answers: list[str | None], new_tokens: int) -> list[float | None]:
     """Fluency ×100 of each prompt + its answer + the greedy continuation after that,
-    ``new_tokens`` generated in all (the answer's tokens count among them); without
-    ``answers``, of the prompt's own greedy continuation. Batched: greedy decoding is
-    prefix-consistent, so one run to the largest budget, cut per row, equals a run per row."""
-    from kedsl.scoring import encode_prompt, greedy_ids
+    ``new_tokens`` generated in all (the answer's tokens count among them). Batched:
+    greedy decoding is prefix-consistent, so one run to the largest budget, cut per row,
+    equals a run per row."""
+    from kedsl.scoring import greedy_ids
     from kedsl.toolkit.tokens import encode_pair, join
     from kedsl_metrics.measures import text_fluency
 
     tok = model.tokenizer
-    if answers is None:
-        conts = greedy_ids(model, [encode_prompt(tok, p) for p in prompts], new_tokens)
-        return [100.0 * text_fluency(p + tok.decode(c, skip_special_tokens=True)) for p, c in zip(prompts, conts)]
     todo = [i for i, a in enumerate(answers) if a and a.strip()]
     encs = [encode_pair(tok, prompts[i], answers[i]) for i in todo]
     budgets = [max(new_tokens - len(e.target_ids), 0) for e in encs]
@@ -69,14 +66,16 @@ def main() -> None:
 
     from kedsl.data import load_cases
     from kedsl.model.loading import load_model
-    from kedsl_metrics.measures import FLUENCY_NEW_TOKENS
+    from kedsl_metrics.measures import FLUENCY_NEW_TOKENS, Fluency
 
     cases = load_cases(args.data, limit=args.limit, offset=args.offset)
     model = load_model(args.model)
     t0 = time.perf_counter()
     prompts = [bc.case.rewrite[0][0] for bc in cases]  # the metric's prompt for ZsRE: the edit prompt
-    values = {}
-    for key, answers in (("pre", None), ("forced_new", [bc.case.target for bc in cases]),
+    # `pre` is the metric's own baseline; the forced texts are built the same way
+    values = {"pre": Fluency().baseline(model, [bc.case for bc in cases])}
+    print(f"  pre: {len(prompts)} continuations, {time.perf_counter() - t0:.0f} s", flush=True)
+    for key, answers in (("forced_new", [bc.case.target for bc in cases]),
                          ("forced_old", [bc.case.old for bc in cases])):
         values[key] = forced_fluencies(model, prompts, answers, FLUENCY_NEW_TOKENS)
         print(f"  {key}: {len(prompts)} continuations, {time.perf_counter() - t0:.0f} s", flush=True)

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from .model.handle import LoadedModel
-from .toolkit.activations import accepts_logits_to_keep, cache_kwargs, make_batch, returned_cache
+from .toolkit.activations import accepts_logits_to_keep, cache_keyword, make_batch, returned_cache
 from .toolkit.tokens import Encoded, encode_pair
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ def greedy_ids(
     pad = _pad_id(model.tokenizer)
     eos = getattr(model.tokenizer, "eos_token_id", None) if stop_at_eos else None
     keep_ok = accepts_logits_to_keep(net)
+    cache_kw = cache_keyword(net)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     for chunk in _batches(order, batch_size):
         ids, mask, pos = _padded([prompt_ids[i] for i in chunk], pad, model.device)
@@ -182,7 +183,7 @@ def greedy_ids(
                 input_ids=step_ids,
                 attention_mask=mask,
                 position_ids=step_pos,
-                **cache_kwargs(net, past),
+                **{cache_kw: past},
                 use_cache=True,
                 **extra,
             )

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from ..model.handle import LoadedModel
-from .activations import cache_kwargs, returned_cache
+from .activations import cache_keyword, returned_cache
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def sample_token_rows(
     start = start_token_id(model.tokenizer)
     rows: list[list[int]] = []
     dev = model.device
+    cache_kw = cache_keyword(model.model)
     for b0 in range(0, count, batch_size):
         b = min(batch_size, count - b0)
         ids = torch.full((b, 1), start, dtype=torch.long, device=dev)
@@ -67,7 +68,7 @@ def sample_token_rows(
             if length >= 64 and step % 32 == 0:
                 log.info("sampling: batch %d/%d, token %d/%d", b0 // batch_size + 1, -(-count // batch_size), step, length)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16 and dev.type == "cpu"):
-                res = model.model(input_ids=ids, use_cache=True, **cache_kwargs(model.model, past))
+                res = model.model(input_ids=ids, use_cache=True, **{cache_kw: past})
             past = returned_cache(res)
             logits = res.logits[:, -1, :].float()
             if top_k is not None and top_k < logits.shape[-1]:
