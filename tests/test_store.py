@@ -317,10 +317,11 @@ def test_two_apply_processes_on_one_database_both_complete(tmp_path, tiny_tokeni
     base = save_tiny_base(tiny_tokenizer, tmp_path / "base")
     db = tmp_path / "k.db"
     env = kedsl_env(plugin, db)
-    # Many small edits each, so the two processes' writes interleave.
+    # Many small edits each, slow enough (6 x 0.3 s) that the two processes' runs overlap
+    # even when one starts seconds after the other (CI saw 0.05 s per edit miss by 0.35 s).
     subjects = ["Eiffel Tower", "Louvre", "Colosseum", "Toyota", "Apple", "Berlin"]
     for name in ("a", "b"):
-        (tmp_path / f"{name}.ke").write_text(script(base, [(f"{s} {name}", i % 4) for i, s in enumerate(subjects)], tmp_path / f"out-{name}", sleep=0.05))
+        (tmp_path / f"{name}.ke").write_text(script(base, [(f"{s} {name}", i % 4) for i, s in enumerate(subjects)], tmp_path / f"out-{name}", sleep=0.3))
     procs = [subprocess.Popen(kedsl_cmd() + ["apply", f"{n}.ke"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for n in ("a", "b")]  # fmt: skip
     outs = [p.communicate(timeout=300) for p in procs]
