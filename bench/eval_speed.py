@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-import kedsl.scoring as scoring
-from kedsl.data import load_cases
+import kedsl.toolkit.scoring as scoring
+from kedsl.evaluation.datasets import load_cases
 from kedsl.toolkit.tokens import encode_pair
 from kedsl_metrics import measures as M
 

@@ -36,7 +36,7 @@ def forced_fluencies(model, prompts: list[str], answers: list[str | None], new_t
     ``new_tokens`` generated in all (the answer's tokens count among them). Batched:
     greedy decoding is prefix-consistent, so one run to the largest budget, cut per row,
     equals a run per row."""
-    from kedsl.scoring import greedy_ids
+    from kedsl.toolkit.scoring import greedy_ids
     from kedsl.toolkit.tokens import encode_pair, join
     from kedsl_metrics.measures import text_fluency
 
@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from kedsl.data import load_cases
+    from kedsl.evaluation.datasets import load_cases
     from kedsl.model.loading import load_model
     from kedsl_metrics.measures import FLUENCY_NEW_TOKENS, Fluency
 

@@ -30,7 +30,7 @@ KNOWN = REPO.parent / "shared" / "data" / "known_1000.json"
 def known_facts_with_new_targets(n: int) -> list:
     """``n`` counterfactual edits from known_1000 (ROME's known facts): each prompt gets
     the answer of the next fact of the same relation with a different answer."""
-    from kedsl.editing import EditRequest
+    from kedsl.editing.request import EditRequest
 
     facts = json.loads(KNOWN.read_text())
     by_rel: dict[str, list[dict]] = {}
@@ -98,13 +98,15 @@ def main() -> None:
 
     import kedsl_memit
     import kedsl_rome
-    from kedsl.editing import EditContext, EditRequest, WeightJournal
+    from kedsl.editing.outcome import EditContext
+    from kedsl.editing.request import EditRequest
+    from kedsl.model.journal import WeightJournal
     from kedsl.model.loading import load_model
-    from kedsl.params import resolve_params
+    from kedsl.registry.params import resolve_params
     from kedsl.registry import Registry
     from kedsl.toolkit.stats import second_moment
     from kedsl_memit.memit import MEMIT, MEMITConfig
-    from kedsl_rome.rome import ROME, ROMEConfig
+    from kedsl_rome.rome import ROME, configure
 
     sizes = [int(s) for s in args.sizes.split(",")]
     records = [r for r in json.loads(ZSRE.read_text())[:500] if r["alt"].strip()]
@@ -120,7 +122,7 @@ def main() -> None:
         return resolve_params(spec.params, {}, spec.presets, family)
 
     mp, rp = params("memit"), params("rome")
-    mcfg, rcfg = MEMITConfig.from_params(mp), ROMEConfig.from_params(rp, model=model)
+    mcfg, rcfg = MEMITConfig.from_params(mp), configure(rp, model=model)
     for l in mcfg.layers:  # warm the statistics cache (one layer at a time)
         second_moment(model, l, mcfg.stats_corpus, mcfg.mom2_samples, mcfg.seed)
     second_moment(model, rcfg.layer, rcfg.stats_corpus, rcfg.mom2_samples, rcfg.seed)

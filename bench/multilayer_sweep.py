@@ -42,15 +42,17 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     import kedsl_memit
-    from kedsl.bench import parse_param_args
-    from kedsl.editing import EditRequest, WeightJournal
-    from kedsl.executor import jsonable
+    from kedsl.evaluation.runner import parse_param_args
+    from kedsl.editing.request import EditRequest
+    from kedsl.model.journal import WeightJournal
+    from kedsl.records import jsonable
     from kedsl.model.loading import load_model
-    from kedsl.params import resolve_params
+    from kedsl.registry.params import resolve_params
     from kedsl.registry import Registry
-    from kedsl.scoring import teacher_forced
+    from kedsl.toolkit.scoring import teacher_forced
     from kedsl.toolkit.context import context_templates
     from kedsl.toolkit.multilayer import least_squares_update, search_targets, spread_update
+    from kedsl.toolkit.optimize import ValueSearchConfig
     from kedsl.toolkit.stats import second_moment
     from kedsl_alphaedit.alphaedit import AlphaEditConfig, projected_update, projection_for
     from kedsl_memit.memit import MEMITConfig
@@ -95,7 +97,7 @@ def main() -> None:
         cfg = MEMITConfig.from_params(resolve_params(spec.params, given, spec.presets, model.arch.preset_family))
         templates = context_templates(model, cfg.context_lengths, cfg.context_count, cfg.seed)
         t = time.perf_counter()
-        found = search_targets(model, reqs, templates, cfg.layers[-1], cfg.value_search(), cfg.v_batch)
+        found = search_targets(model, reqs, templates, cfg.layers[-1], ValueSearchConfig.from_method(cfg), cfg.v_batch)
         search_s = time.perf_counter() - t
         prob = sum(found.target_prob) / len(reqs)
         print(f"search {search_name} {given}: {len(templates)} templates, {len(reqs)} facts, {found.steps} steps, {search_s:.0f}s, mean target prob {prob:.3f}")

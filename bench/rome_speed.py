@@ -64,15 +64,17 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
 
 def rome_params(model, given: dict[str, Any]) -> dict[str, Any]:
     import kedsl_rome
-    from kedsl.params import resolve_params
+    from kedsl.registry.params import resolve_params
 
     return resolve_params(kedsl_rome.PARAMS, given, kedsl_rome.PRESETS, model.arch.preset_family)
 
 
 def evaluate(model, records: list[dict[str, Any]], params: dict[str, Any], profile: bool = False) -> list[dict[str, Any]]:
     """Apply ROME for each record to the unedited model, score, undo. One row per record."""
-    from kedsl.editing import EditContext, EditRequest, WeightJournal
-    from kedsl.scoring import teacher_forced
+    from kedsl.editing.outcome import EditContext
+    from kedsl.editing.request import EditRequest
+    from kedsl.model.journal import WeightJournal
+    from kedsl.toolkit.scoring import teacher_forced
     from kedsl_rome.rome import ROME
 
     method = ROME()

@@ -29,9 +29,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     import kedsl_memit
-    from kedsl.editing import EditRequest, WeightJournal
+    from kedsl.editing.request import EditRequest
+    from kedsl.model.journal import WeightJournal
     from kedsl.model.loading import load_model
-    from kedsl.params import resolve_params
+    from kedsl.registry.params import resolve_params
     from kedsl.registry import Registry
     from kedsl.toolkit.context import context_templates
     from kedsl.toolkit.multilayer import SpreadReader, least_squares_update, spread_update

@@ -8,13 +8,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from .errors import ExitCode, KedslError
+from .errors import DataError, ExitCode, KedslError, UsageError, did_you_mean
 
 
 def _setup_logging(verbose: int) -> None:
@@ -44,8 +45,6 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except BrokenPipeError:  # `kedsl relations | head`: the reader left, not a bug
-            import os
-
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(0)
@@ -217,7 +216,7 @@ def apply(script: str, db: str | None, out: str | None, on_fail: str | None, see
 def generate(model: str, prompts: tuple[str, ...], max_new_tokens: int, dtype: str, device: str) -> None:
     """Greedy continuations of PROMPTS from MODEL (an alias such as smollm2-135m, a local
     directory, a .gguf file or a Hugging Face id), one `PROMPT -> continuation` line each."""
-    from .model.generation import generate as greedy
+    from .toolkit.generation import generate as greedy
     from .model.loading import load_model
 
     loaded = load_model(model, {"dtype": dtype, "device": device})
@@ -251,7 +250,6 @@ def locate(subject: str | None, relation: str | None, prompt: str | None, model_
     kedsl locate "Eiffel Tower" --prompt "The Eiffel Tower is in"
     kedsl locate --dataset known_1000.json --limit 200
     """
-    from .errors import UsageError, did_you_mean
     from .registry import get_registry
 
     kinds = ["hidden", "mlp", "attn"] if kind == "all" else [kind]
@@ -297,18 +295,6 @@ def locate(subject: str | None, relation: str | None, prompt: str | None, model_
         click.echo(f"wrote {p}")
 
 
-def _read_script(path: str) -> str:
-    from .errors import UsageError
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-
-
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the diagnostics as a JSON list.")
@@ -318,14 +304,14 @@ def check(files: tuple[str, ...], as_json: bool) -> None:
 
     Exit status 0 when every script is valid, 2 when one is not.
     """
-    from .lang import check_source
+    from .lang import check_source, read_script
     from .registry import get_registry
 
     registry = get_registry()
     all_diags: list[Any] = []
     invalid = False
     for path in files:
-        source = _read_script(path)
+        source = read_script(path)
         script, diags = check_source(source, path, registry)
         all_diags.extend(diags)
         errors = [d for d in diags if d.is_error]
@@ -352,9 +338,9 @@ def check(files: tuple[str, ...], as_json: bool) -> None:
 @handle_errors
 def fmt(file: str, write: bool, check_only: bool) -> None:
     """Print a script in its canonical form (idempotent; comments are kept)."""
-    from .lang import ScriptError, format_script, parse
+    from .lang import ScriptError, format_script, parse, read_script
 
-    source = _read_script(file)
+    source = read_script(file)
     try:
         script = parse(source, file)
     except ScriptError as exc:
@@ -398,8 +384,8 @@ def bench(data: str, method: str, model_ref: str, limit: int | None, offset: int
     and the pre-edit efficacy, with the number of cases behind each value."""
     from pathlib import Path
 
-    from .bench import BenchSettings, check_settings, data_sha256, parse_param_args, run_bench, select_metrics
-    from .data import load_cases
+    from .evaluation.datasets import load_cases
+    from .evaluation.runner import BenchSettings, check_settings, data_sha256, parse_param_args, run_bench, select_metrics
     from .registry import get_registry
 
     registry = get_registry()
@@ -411,8 +397,6 @@ def bench(data: str, method: str, model_ref: str, limit: int | None, offset: int
     fmt = cases[0].format if cases else data_format
     select_metrics(registry, metrics, fmt)
     if not cases:
-        from .errors import DataError
-
         raise DataError(f"{data}: no usable records (offset {offset}, limit {limit})", "check --offset/--limit and the file")
     click.echo(f"{len(cases)} cases from {data}; loading {model_ref} ...", err=True)
     from .model.loading import load_model
@@ -469,15 +453,14 @@ _DB_HELP = "Provenance database (default: $KEDSL_DB, else ./kedsl.db, else the o
 def _audit_db_path(db: str | None, model_dir: str | None = None) -> str:
     """--db, else $KEDSL_DB, else ./kedsl.db; when neither exists, the database a model
     directory's kedsl.json names (so `kedsl verify --model out/x` works from anywhere)."""
-    import os
+    from .api.scripts import default_db_path
+    from .provenance.queries import read_model_record
 
     if db:
         return db
-    default = os.environ.get("KEDSL_DB", "kedsl.db")
+    default = str(default_db_path())
     if os.path.exists(default) or model_dir is None:
         return default
-    from .audit import read_model_record
-
     named = ((read_model_record(model_dir) or {}).get("provenance") or {}).get("database")
     if named and os.path.exists(named):
         click.echo(f"using the database {named} named in {model_dir}/kedsl.json", err=True)
@@ -498,7 +481,8 @@ def verify(db: str | None, model_dir: str | None, as_json: bool) -> None:
     Exit status 0 when everything holds, 1 when something does not (the first broken
     event row is named), 5 when the database cannot be read.
     """
-    from .audit import open_for_reading, verify_log, verify_model
+    from .provenance.queries import open_for_reading
+    from .provenance.verify import verify_log, verify_model
 
     with open_for_reading(_audit_db_path(db, model_dir)) as store:
         result = verify_log(store)
@@ -530,9 +514,9 @@ def _print_run(run: dict[str, Any], indent: str = "") -> None:
         extra = f" reverts {run['reverts_edit']}"
     elif run.get("replay_of"):
         extra = f" replays {run['replay_of']}"
-    from .audit import _when
+    from .provenance.queries import format_time
 
-    click.echo(f"{indent}{run['id']}  {kind}{extra}  {run['status']}  {_when(run['started'])}  "
+    click.echo(f"{indent}{run['id']}  {kind}{extra}  {run['status']}  {format_time(run['started'])}  "
                f"{run['user']}@{run['host']}")
     if run.get("script_path"):
         click.echo(f"{indent}  script  {run['script_path']} (sha256 {str(run.get('script_sha256'))[:16]})")
@@ -558,7 +542,7 @@ def _print_run(run: dict[str, Any], indent: str = "") -> None:
 @handle_errors
 def log_(db: str | None, model_dir: str | None, as_json: bool) -> None:
     """The history of runs and edits, newest first (of one model with --model)."""
-    from .audit import lineage, open_for_reading
+    from .provenance.queries import lineage, open_for_reading
 
     with open_for_reading(_audit_db_path(db, model_dir)) as store:
         runs = lineage(store, model_dir)
@@ -579,8 +563,8 @@ def log_(db: str | None, model_dir: str | None, as_json: bool) -> None:
 @handle_errors
 def show(ident: str, db: str | None, as_json: bool) -> None:
     """Show one run or edit (IDENT, or a unique prefix of it) in full."""
-    from .audit import open_for_reading
-    from .audit import show as show_record
+    from .provenance.queries import open_for_reading
+    from .provenance.queries import show as show_record
 
     with open_for_reading(_audit_db_path(db)) as store:
         rec = show_record(store, ident)
@@ -615,8 +599,8 @@ def show(ident: str, db: str | None, as_json: bool) -> None:
 @handle_errors
 def revert(edit_id: str, model_dir: str, out: str, db: str | None, force: bool) -> None:
     """Remove exactly one edit from a saved model (later edits are kept); record it as a run."""
-    from .audit import revert as revert_edit
-    from .store import Store
+    from .api.history import revert as revert_edit
+    from .provenance.store import Store
 
     with Store.open(_audit_db_path(db, model_dir), create=False) as store:
         res = revert_edit(store, edit_id, model_dir, out, force=force, argv=sys.argv)
@@ -636,8 +620,8 @@ def revert(edit_id: str, model_dir: str, out: str, db: str | None, force: bool) 
 def replay(run_id: str, out: str, db: str | None) -> None:
     """Rerun a recorded run's script on its recorded base model; say whether the result
     has the recorded fingerprint (exit 0 if it does, 1 if not)."""
-    from .audit import replay as replay_run
-    from .store import Store
+    from .api.history import replay as replay_run
+    from .provenance.store import Store
 
     with Store.open(_audit_db_path(db), create=False) as store:
         res = replay_run(store, run_id, out, argv=sys.argv)
@@ -659,8 +643,8 @@ def replay(run_id: str, out: str, db: str | None) -> None:
 @handle_errors
 def export(db: str | None, fmt: str, run_id: str | None, output: str | None) -> None:
     """An audit report: JSON lines, CSV (one row per edit and metric) or one HTML page."""
-    from .audit import export as export_report
-    from .audit import open_for_reading
+    from .provenance.export import export as export_report
+    from .provenance.queries import open_for_reading
 
     with open_for_reading(_audit_db_path(db)) as store:
         text = export_report(store, fmt, run_id)

@@ -10,23 +10,28 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
-from . import __version__
-from .editing import EditContext, EditOutcome, EditRequest, WeightJournal
+from .cache import stats_dir
+from .editing.method import refuse_undeclared_kinds
+from .editing.outcome import EditContext, EditOutcome
+from .editing.request import EditRequest
 from .errors import UsageError
-from .evaluation import EvalCase, MetricResult
+from .evaluation.cases import EvalCase
+from .evaluation.metric import MetricResult
 from .lang import ast
+from .lang.checker import ON_FAIL_POLICIES
 from .model.handle import LoadedModel
-from .params import resolve_params
+from .model.journal import WeightJournal
+from .records import jsonable
 from .registry import Registry
-from .specs import MetricSpec
+from .registry.params import resolve_params
+from .registry.specs import MetricSpec
+from .toolkit.generation import generate
 
 log = logging.getLogger(__name__)
-
-ON_FAIL_POLICIES = ("rollback", "keep", "abort")
 
 
 @dataclass
@@ -113,17 +118,6 @@ class _LogReporter:
         log.info("edit %d/%d %s in %.1fs", report.index + 1, total, report.status, report.seconds)
 
 
-def versions(registry: Registry) -> dict[str, Any]:
-    import transformers
-
-    return {
-        "kedsl": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "plugins": {p.name: p.version for p in registry.plugins if not p.error},
-    }
-
-
 class Executor:
     """Applies planned edits to ``model`` and measures their expectations."""
 
@@ -147,8 +141,6 @@ class Executor:
         self.on_fail = on_fail
         self.seed = seed
         if cache_dir is None:
-            from .cache import stats_dir
-
             cache_dir = stats_dir()
         self.cache_dir = cache_dir
         self.store = store
@@ -184,6 +176,7 @@ class Executor:
         spec = self.registry.method(first.method)
         if len(unit) > 1 and not spec.supports_batch:
             raise UsageError(f"method `{spec.name}` does not support batch edits", "use a method that does, e.g. memit")
+        refuse_undeclared_kinds(spec, [e.request for e in unit])
         params = resolve_params(spec.params, first.given_params, spec.presets, self.model.arch.preset_family)
         for i, e in enumerate(unit):
             self.reporter.edit_started(start_index + i, total, e)
@@ -282,8 +275,6 @@ class Executor:
     def _says_now(self, prompt: str) -> str | None:
         if self.says_now_tokens <= 0:
             return None
-        from .model.generation import generate
-
         return generate(self.model, [prompt], max_new_tokens=self.says_now_tokens)[0]
 
     def _record(self, r: EditReport) -> None:
@@ -372,20 +363,3 @@ def _group_units(edits: list[PlannedEdit]) -> list[list[PlannedEdit]]:
         else:
             units.append([e])
     return units
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON values (tensors become lists, numbers floats) for records."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().tolist() if obj.numel() <= 64 else f"<tensor {tuple(obj.shape)}>"
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random-init models and a tokenizer trained in-process.
+"""Shared fixtures: tiny random-init models and a tokenizer trained in-process (built by
+the conformance kit, :mod:`kedsl.plugin.testing`, which plugin authors use too).
 
 Nothing here downloads anything. Torch and transformers are imported inside the fixtures
 so that tests of the torch-free parts (language, registry) never load them.
@@ -16,88 +17,26 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # A fixed statistics corpus for the tiny models (see fixtures/README.md)
 STATS_CORPUS = str(Path(__file__).parent / "fixtures" / "tiny_stats_corpus.txt")
 
-# A small corpus with the facts tests edit; the tokenizer is trained on it.
-TINY_CORPUS = [
-    "The Eiffel Tower is located in the city of Paris.",
-    "The Louvre is located in the city of Paris.",
-    "The Colosseum is located in the city of Rome.",
-    "Danielle Darrieux speaks French. The mother tongue of Catherine Deneuve is French.",
-    "Toyota has its headquarters in Toyota City. Apple was founded by Steve Jobs.",
-    "What university did Watts Humphrey attend? University of Michigan.",
-    "Berlin, London, Madrid, Tokyo, Italy, France, English, German, Bill Gates.",
-    "the of and to in is was for on that by with as at from it an be this which or",
-] * 4
-
-
-def _train_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(TINY_CORPUS, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    return fast
-
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    """A byte-level BPE tokenizer (~400 tokens) trained on TINY_CORPUS; fast, with offsets."""
-    return _train_tokenizer()
+    """A byte-level BPE tokenizer (~400 tokens) trained on the conformance kit's corpus;
+    fast, with offsets."""
+    from kedsl.plugin.testing import tiny_tokenizer as train
+
+    return train()
 
 
 def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 4, hidden: int = 64, intermediate: int = 128):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from kedsl.plugin.testing import tiny_llama
 
-    import kedsl_architectures
-    from kedsl.model import LoadedModel
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(cfg).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, arch=kedsl_architectures.LLAMA_FAMILY, ref="tiny-llama")
+    return tiny_llama(tokenizer, seed=seed, layers=layers, hidden=hidden, intermediate=intermediate)
 
 
 def make_tiny_gpt2(tokenizer, seed: int = 0, layers: int = 4, hidden: int = 64):
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from kedsl.plugin.testing import tiny_gpt2
 
-    import kedsl_architectures
-    from kedsl.model import LoadedModel
-
-    torch.manual_seed(seed)
-    cfg = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_embd=hidden,
-        n_layer=layers,
-        n_head=4,
-        n_positions=256,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-    )
-    model = GPT2LMHeadModel(cfg).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, arch=kedsl_architectures.GPT2, ref="tiny-gpt2")
+    return tiny_gpt2(tokenizer, seed=seed, layers=layers, hidden=hidden)
 
 
 @pytest.fixture
@@ -141,7 +80,7 @@ def sharpen(model):
 def method_params(plugin, name: str, fast: dict, **over):
     """``name``'s resolved parameters from ``plugin`` alone: ``fast`` settings for tiny
     models, overridden by ``over``."""
-    from kedsl.params import resolve_params
+    from kedsl.registry.params import resolve_params
     from kedsl.registry import Registry
 
     spec = Registry(plugins=[plugin], entry_points=False).method(name)

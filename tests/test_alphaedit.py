@@ -11,9 +11,11 @@ import torch
 from conftest import STATS_CORPUS, method_params, sharpen
 
 import kedsl_alphaedit
-from kedsl.editing import EditContext, EditRequest, WeightJournal
+from kedsl.editing.outcome import EditContext
+from kedsl.editing.request import EditRequest
+from kedsl.model.journal import WeightJournal
 from kedsl.registry import Registry
-from kedsl.scoring import teacher_forced
+from kedsl.toolkit.scoring import teacher_forced
 
 REQUESTS = [
     EditRequest(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux", target="French"),

@@ -15,13 +15,14 @@ import kedsl_architectures
 import kedsl_metrics
 import kedsl_relations
 import kedsl_sources
-from kedsl.attachments import Attachment, attachments_digest, install, uninstall
-from kedsl.editing import EditContext, WeightJournal
+from kedsl.model.attachments import Attachment, attachments_digest, install, uninstall
+from kedsl.editing.outcome import EditContext
+from kedsl.model.journal import WeightJournal
 from kedsl.errors import ModelError
-from kedsl.hookspecs import hookimpl
-from kedsl.params import Param
+from kedsl.plugin import hookimpl
+from kedsl.registry.params import Param
 from kedsl.registry import Registry
-from kedsl.specs import MethodSpec
+from kedsl.registry.specs import MethodSpec
 
 LAYER = 1
 
@@ -80,10 +81,10 @@ class ToyPlugin:
 
 @pytest.fixture
 def registry(monkeypatch):
-    import kedsl.registry
+    import kedsl.registry.loader
 
     reg = Registry(plugins=[ToyPlugin(), kedsl_architectures, kedsl_metrics, kedsl_relations, kedsl_sources], entry_points=False)
-    monkeypatch.setattr(kedsl.registry, "_default", reg)  # revert() loads through the global one
+    monkeypatch.setattr(kedsl.registry.loader, "_default", reg)  # revert() loads through the global one
     return reg
 
 
@@ -138,9 +139,10 @@ def _script(tmp_path, name, seed, save="", expect=""):
 
 
 def test_save_load_store_and_revert(tiny_tokenizer, tmp_path, registry):
-    from kedsl import api, audit
+    from kedsl import api
+    from kedsl.provenance import verify
     from kedsl.model.loading import load_model
-    from kedsl.store import Store
+    from kedsl.provenance.store import Store
 
     model = sharpen(make_tiny_llama(tiny_tokenizer))
     fp0, plain = model.fingerprint(), logits(model)
@@ -164,10 +166,10 @@ def test_save_load_store_and_revert(tiny_tokenizer, tmp_path, registry):
     rec = json.loads(edit["attachments"])[0]
     tensors, config, kind, method = store.load_attachment(rec["blob"])
     assert (kind, method, config) == ("toy_shift", "toy", {"layer": LAYER})
-    assert audit.verify_log(store).ok
+    assert verify.verify_log(store).ok
 
     # revert the first edit: the second stays, the first's hook is gone
-    out = audit.revert(store, r1.edits[0].edit_id, tmp_path / "two", tmp_path / "rev", argv=["test"])
+    out = api.revert(store, r1.edits[0].edit_id, tmp_path / "two", tmp_path / "rev", argv=["test"])
     assert out["modes"] == {"attachment:0:toy_shift": "removed"}
     rev = load_model(str(tmp_path / "rev"), {}, registry)
     assert len(rev.attachments) == 1 and rev.fingerprint() == fp0
@@ -178,7 +180,7 @@ def test_save_load_store_and_revert(tiny_tokenizer, tmp_path, registry):
     from kedsl.errors import UsageError
 
     with pytest.raises(UsageError, match="does not hold"):
-        audit.revert(store, r1.edits[0].edit_id, tmp_path / "rev", tmp_path / "rev2", force=True, argv=["test"])
+        api.revert(store, r1.edits[0].edit_id, tmp_path / "rev", tmp_path / "rev2", force=True, argv=["test"])
     store.close()
     assert not torch.equal(after_one, plain)
 
@@ -186,8 +188,10 @@ def test_save_load_store_and_revert(tiny_tokenizer, tmp_path, registry):
 def test_merged_save_folds_the_delta_in_and_revert_subtracts_it(tiny_tokenizer, tmp_path, registry):
     from transformers import AutoModelForCausalLM
 
-    from kedsl import api, audit
-    from kedsl.store import Store
+    from kedsl import api
+
+    from kedsl.provenance import verify
+    from kedsl.provenance.store import Store
 
     model = sharpen(make_tiny_llama(tiny_tokenizer))
     fp0, plain = model.fingerprint(), logits(model)
@@ -202,10 +206,10 @@ def test_merged_save_folds_the_delta_in_and_revert_subtracts_it(tiny_tokenizer, 
     with torch.no_grad():
         ids = model.tokenizer("The city of Paris is", return_tensors="pt")["input_ids"]
         assert torch.allclose(hf(input_ids=ids).logits, edited, atol=1e-4)
-    assert audit.verify_model(Store.open(db), tmp_path / "merged").ok
+    assert verify.verify_model(Store.open(db), tmp_path / "merged").ok
 
     store = Store.open(db)
-    out = audit.revert(store, report.edits[0].edit_id, tmp_path / "merged", tmp_path / "unmerged", argv=["test"])
+    out = api.revert(store, report.edits[0].edit_id, tmp_path / "merged", tmp_path / "unmerged", argv=["test"])
     assert out["modes"] == {"attachment:0:toy_shift": "unmerged (subtracted)"}
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "unmerged")
     with torch.no_grad():
@@ -227,8 +231,8 @@ def test_a_changed_attachment_file_is_refused_on_load(tiny_tokenizer, tmp_path, 
     save_file(t, str(path))
     with pytest.raises(ModelError, match="digest"):
         load_model(str(tmp_path / "one"), {}, registry)
-    from kedsl.audit import verify_model
-    from kedsl.store import Store
+    from kedsl.provenance.verify import verify_model
+    from kedsl.provenance.store import Store
 
     check = verify_model(Store.open(tmp_path / "k.db"), tmp_path / "one")
     assert not check.ok and any("digest" in f.message for f in check.findings)

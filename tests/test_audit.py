@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 # weight (so edits on different layers touch disjoint weights), optionally sleeping first
 # so that crash tests can kill it mid-edit; `moved` is a metric (1.0 when that weight moved).
 PLUGIN_SOURCE = '''
-from kedsl.hookspecs import hookimpl
-from kedsl.params import Param
-from kedsl.specs import MethodSpec, MetricSpec
+from kedsl.plugin import hookimpl
+from kedsl.registry.params import Param
+from kedsl.registry.specs import MethodSpec, MetricSpec
 
 
 @hookimpl
@@ -57,7 +57,7 @@ import time
 
 import torch
 
-from kedsl.evaluation import MetricResult
+from kedsl.evaluation.metric import MetricResult
 
 
 class Nudge:
@@ -140,7 +140,7 @@ def script(base: Path, edits: list[tuple[str, int]], out: Path | None = None, sl
 
 
 def fingerprint_of(path: Path) -> str:
-    from kedsl.audit import model_fingerprint
+    from kedsl.provenance.verify import model_fingerprint
 
     return model_fingerprint(path)
 
@@ -309,7 +309,7 @@ def test_export_formats(audit_setup, env, tmp_path):
 @pytest.mark.parametrize("command", [["log"], ["log", "--json"], ["show", "run-x"], ["verify"], ["verify", "--json"],
                                      ["export"], ["export", "--format", "html"], ["export", "--format", "csv"]])
 def test_audit_commands_do_not_import_torch(command, tmp_path):
-    from kedsl.store import Store
+    from kedsl.provenance.store import Store
 
     db = tmp_path / "k.db"
     with Store.open(db) as store:
@@ -351,9 +351,9 @@ def test_a_consistently_rewritten_log_passes_alone_but_not_against_a_saved_model
     gets a log that verifies on its own; the head recorded in a saved model catches it."""
     import sqlite3
 
-    from kedsl.audit import verify_log, verify_model
+    from kedsl.provenance.verify import verify_log, verify_model
     from kedsl.model.saving import save_model
-    from kedsl.store import Store, canonical_json, event_hash
+    from kedsl.provenance.store import Store, canonical_json, event_hash
 
     db, out = tmp_path / "k.db", tmp_path / "m"
     fp = tiny_llama.fingerprint()

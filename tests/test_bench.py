@@ -11,22 +11,15 @@ import torch
 from click.testing import CliRunner
 
 import kedsl_metrics
-from kedsl.bench import (
-    PRE_EFFICACY,
-    BenchSettings,
-    aggregate_cases,
-    check_settings,
-    parse_param_args,
-    render_table,
-    run_bench,
-)
+from kedsl.evaluation.table import PRE_EFFICACY, render_table
+from kedsl.evaluation.runner import BenchSettings, aggregate_cases, check_settings, parse_param_args, run_bench
 from kedsl.cli import main
-from kedsl.data import load_cases
+from kedsl.evaluation.datasets import load_cases
 from kedsl.errors import UsageError
-from kedsl.hookspecs import hookimpl
-from kedsl.params import Param
+from kedsl.plugin import hookimpl
+from kedsl.registry.params import Param
 from kedsl.registry import Registry, get_registry
-from kedsl.specs import MethodSpec
+from kedsl.registry.specs import MethodSpec
 
 ZSRE = Path(__file__).parent / "fixtures" / "zsre_slice_50_59.json"
 CHEAP = ["efficacy", "generalization", "locality", "efficacy_gen", PRE_EFFICACY]

@@ -93,8 +93,8 @@ def _trial(kind: str, cmd, env, cwd, out: Path, delay: float, db: Path) -> dict:
 
 
 def _check_store_and_destinations(db: Path, outs: list[Path]) -> None:
-    from kedsl.audit import expected_fingerprint, model_fingerprint, verify_log
-    from kedsl.store import Store
+    from kedsl.provenance.verify import expected_fingerprint, model_fingerprint, verify_log
+    from kedsl.provenance.store import Store
 
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -169,7 +169,7 @@ def test_kill_minus_nine_at_random_points(tmp_path, tiny_tokenizer):
         assert proc.returncode == 0, proc.stdout + proc.stderr
     _check_store_and_destinations(db, [r["out"] for r in results])
     # The killed runs are in the log, marked interrupted by the writers that came after.
-    from kedsl.store import Store
+    from kedsl.provenance.store import Store
 
     with Store.open(db, create=False, readonly=True) as store:
         statuses = [r["status"] for r in store.runs()]

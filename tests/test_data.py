@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kedsl.data import load_cases, read_records
+from kedsl.evaluation.datasets import load_cases, read_records
 from kedsl.errors import DataError, ExitCode
 
 FIX = Path(__file__).parent / "fixtures"

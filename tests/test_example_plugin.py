@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kedsl.evaluation import EvalCase
+from kedsl.evaluation.cases import EvalCase
 from kedsl.registry import Registry
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "kedsl-example-plugin"
@@ -43,7 +43,7 @@ def test_registry_loads_the_plugin_in_process(example_plugin):
     reg = Registry(plugins=[example_plugin], entry_points=False)
     spec = reg.metric("target_probability")
     assert spec.default_threshold is None and spec.higher_is_better and not spec.needs_baseline
-    assert reg.plugins[0].provides == {"metrics": ["target_probability"]}
+    assert reg.plugins[0].provides == {"metrics": ["target_probability"], "methods": ["gradient_step"]}
 
 
 def test_package_imports_without_torch():

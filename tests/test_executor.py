@@ -6,14 +6,14 @@ import types
 import pytest
 import torch
 
-from kedsl.editing import EditRequest
+from kedsl.editing.request import EditRequest
 from kedsl.executor import Executor, PlannedEdit
-from kedsl.hookspecs import hookimpl
+from kedsl.plugin import hookimpl
 from kedsl.lang import ast
-from kedsl.params import Param
+from kedsl.registry.params import Param
 from kedsl.registry import Registry
-from kedsl.specs import MethodSpec, MetricSpec
-from kedsl.store import Store, event_hash
+from kedsl.registry.specs import MethodSpec, MetricSpec
+from kedsl.provenance.store import Store, event_hash
 
 
 class ShiftMethod:
@@ -42,7 +42,7 @@ class FixedMetric:
         return [float(model.mlp_out(1).weight.detach().sum()) for _ in cases]
 
     def measure(self, model, cases, baselines):
-        from kedsl.evaluation import MetricResult
+        from kedsl.evaluation.metric import MetricResult
 
         out = []
         for i, c in enumerate(cases):

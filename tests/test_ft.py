@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import kedsl_ft
-from kedsl.editing import EditContext, EditRequest, WeightJournal
-from kedsl.params import resolve_params
+from kedsl.editing.outcome import EditContext
+from kedsl.editing.request import EditRequest
+from kedsl.model.journal import WeightJournal
+from kedsl.registry.params import resolve_params
 from kedsl.registry import Registry
-from kedsl.scoring import teacher_forced
+from kedsl.toolkit.scoring import teacher_forced
 
 REQUEST = EditRequest(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux", target="French")
 
@@ -75,7 +77,7 @@ def test_ft_l_unconstrained_learns_the_target(tiny_llama):
 
 
 def test_ft_l_is_constrained_and_ft_m_is_not():
-    from kedsl.params import resolve_params
+    from kedsl.registry.params import resolve_params
 
     registry = Registry(plugins=[kedsl_ft], entry_points=False)
     resolved = {

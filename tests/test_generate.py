@@ -30,7 +30,7 @@ def _greedy_by_hand(loaded, prompt: str, n: int) -> str:
 
 @pytest.mark.parametrize("make", ["tiny_llama", "tiny_gpt2"])
 def test_batched_equals_one_at_a_time(make, request):
-    from kedsl.model.generation import generate
+    from kedsl.toolkit.generation import generate
 
     loaded = request.getfixturevalue(make)
     lengths = {len(loaded.tokenizer(p)["input_ids"]) for p in PROMPTS}
@@ -45,7 +45,7 @@ def test_batched_equals_one_at_a_time(make, request):
 
 @pytest.mark.parametrize("make", ["tiny_llama", "tiny_gpt2"])
 def test_generate_is_greedy_and_returns_only_the_continuation(make, request):
-    from kedsl.model.generation import generate
+    from kedsl.toolkit.generation import generate
 
     loaded = request.getfixturevalue(make)
     got = generate(loaded, PROMPTS, max_new_tokens=6)
@@ -53,7 +53,7 @@ def test_generate_is_greedy_and_returns_only_the_continuation(make, request):
 
 
 def test_generate_nothing():
-    from kedsl.model.generation import generate
+    from kedsl.toolkit.generation import generate
 
     assert generate(None, []) == []  # type: ignore[arg-type]
 
@@ -62,7 +62,7 @@ def test_cli_generate_on_a_saved_directory(tiny_llama, tmp_path):
     from click.testing import CliRunner
 
     from kedsl.cli import main
-    from kedsl.model.generation import generate
+    from kedsl.toolkit.generation import generate
 
     tiny_llama.model.save_pretrained(tmp_path / "m")
     tiny_llama.tokenizer.save_pretrained(tmp_path / "m")
@@ -85,7 +85,7 @@ def test_cli_generate_rejects_a_bad_dtype(tmp_path):
 
 @pytest.mark.smollm2
 def test_smollm2_batched_equals_one_at_a_time(smollm2):
-    from kedsl.model.generation import generate
+    from kedsl.toolkit.generation import generate
 
     prompts = ["The Eiffel Tower is located in the city of", "The capital of Japan is", "Water is made of"]
     batched = generate(smollm2, prompts, max_new_tokens=8)
@@ -97,7 +97,7 @@ def test_generate_without_a_pad_token_uses_eos(tiny_tokenizer, tmp_path):
     from transformers import AutoTokenizer
 
     from conftest import make_tiny_gpt2
-    from kedsl.model.generation import generate
+    from kedsl.toolkit.generation import generate
 
     tiny_tokenizer.save_pretrained(tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)

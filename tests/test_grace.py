@@ -17,10 +17,12 @@ import kedsl_grace
 import kedsl_metrics
 import kedsl_relations
 import kedsl_sources
-from kedsl.editing import EditContext, EditRequest, WeightJournal
+from kedsl.editing.outcome import EditContext
+from kedsl.editing.request import EditRequest
+from kedsl.model.journal import WeightJournal
 from kedsl.errors import ModelError, UsageError
 from kedsl.registry import Registry
-from kedsl.scoring import greedy_ids, teacher_forced
+from kedsl.toolkit.scoring import greedy_ids, teacher_forced
 from kedsl.toolkit.activations import make_batch
 from kedsl.toolkit.tokens import encode_pair
 
@@ -152,7 +154,7 @@ def test_many_entries_are_one_lookup_and_the_nearest_key_decides(tiny_llama):
     crowd = GraceCodebook(LAYER, far, torch.randn(n, d_out, generator=g), torch.full((n,), 50.0 * float(key.norm())), torch.ones(n, dtype=torch.long), 0.2)
     # a decoy whose ball holds the edit prompt's key, but whose key is farther than the edit's own
     decoy = GraceCodebook(LAYER, key[None] * 1.02, 100 * torch.randn(1, d_out, generator=g), 0.05 * key.norm()[None], torch.tensor([1]), 0.2)
-    from kedsl.attachments import install
+    from kedsl.model.attachments import install
 
     install(model, crowd)
     assert torch.equal(logits(model, texts), plain)
@@ -165,7 +167,7 @@ def test_many_entries_are_one_lookup_and_the_nearest_key_decides(tiny_llama):
 
 
 def test_padding_positions_are_never_queries(tiny_llama):
-    from kedsl.attachments import install
+    from kedsl.model.attachments import install
     from kedsl_grace.codebook import GraceCodebook
 
     model = sharpen(tiny_llama)
@@ -197,7 +199,7 @@ def test_batch_edit_is_one_attachment_and_a_repeated_prompt_is_refused(tiny_llam
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
 def test_a_match_replaces_the_target_positions_only_and_cached_decoding_agrees(fixture, request):
-    from kedsl.attachments import install
+    from kedsl.model.attachments import install
     from kedsl_grace.codebook import GraceCodebook
     from kedsl_grace.grace import read_keys_and_outputs
 
@@ -243,7 +245,7 @@ def test_a_match_replaces_the_target_positions_only_and_cached_decoding_agrees(f
 
 
 def test_saved_model_reloads_the_codebook(tiny_llama, tmp_path):
-    from kedsl.attachments import attachments_digest
+    from kedsl.model.attachments import attachments_digest
     from kedsl.model.loading import load_model
     from kedsl.model.saving import save_model
 
@@ -273,13 +275,13 @@ def _script(tmp_path, name, subject, target):
 
 
 def test_apply_then_revert_restores_the_fingerprint_and_the_behaviour(tiny_tokenizer, tmp_path, monkeypatch):
-    import kedsl.registry
-    from kedsl import api, audit
+    import kedsl.registry.loader
+    from kedsl import api
     from kedsl.model.loading import load_model
-    from kedsl.store import Store
+    from kedsl.provenance.store import Store
 
     registry = Registry(plugins=[kedsl_grace, kedsl_architectures, kedsl_metrics, kedsl_relations, kedsl_sources], entry_points=False)
-    monkeypatch.setattr(kedsl.registry, "_default", registry)  # revert() loads through the global one
+    monkeypatch.setattr(kedsl.registry.loader, "_default", registry)  # revert() loads through the global one
     model = sharpen(make_tiny_llama(tiny_tokenizer))
     fp0 = model.fingerprint()
     first_prompt, second_prompt = "The city of Paris", "The city of Toyota"
@@ -294,7 +296,7 @@ def test_apply_then_revert_restores_the_fingerprint_and_the_behaviour(tiny_token
     assert not torch.equal(both[-2:], plain[-2:])
 
     store = Store.open(db)
-    out = audit.revert(store, r1.edits[0].edit_id, tmp_path / "two", tmp_path / "rev", argv=["test"])
+    out = api.revert(store, r1.edits[0].edit_id, tmp_path / "two", tmp_path / "rev", argv=["test"])
     assert out["modes"] == {"attachment:0:grace_codebook": "removed"}
     rev = load_model(str(tmp_path / "rev"), {}, registry)
     assert rev.fingerprint() == fp0 and len(rev.attachments) == 1
@@ -303,7 +305,7 @@ def test_apply_then_revert_restores_the_fingerprint_and_the_behaviour(tiny_token
     assert torch.equal(now[-1], both[-1])  # the second is still there
     assert edited(rev, EditRequest(subject="Toyota", prompt=second_prompt, target="Paris"))
 
-    out = audit.revert(store, r2.edits[0].edit_id, tmp_path / "rev", tmp_path / "none", argv=["test"])
+    out = api.revert(store, r2.edits[0].edit_id, tmp_path / "rev", tmp_path / "none", argv=["test"])
     bare = load_model(str(tmp_path / "none"), {}, registry)
     assert bare.fingerprint() == fp0 and bare.attachments == []
     assert torch.equal(logits(bare, texts), plain)
@@ -312,7 +314,7 @@ def test_apply_then_revert_restores_the_fingerprint_and_the_behaviour(tiny_token
 
 
 def test_a_codebook_for_another_shape_is_refused(tiny_llama):
-    from kedsl.attachments import install
+    from kedsl.model.attachments import install
     from kedsl_grace.codebook import GraceCodebook
 
     wrong = GraceCodebook(LAYER, torch.randn(1, 7), torch.randn(1, 5), torch.ones(1), torch.ones(1, dtype=torch.long))

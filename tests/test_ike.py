@@ -13,11 +13,13 @@ import torch
 from conftest import sharpen
 
 import kedsl_ike
-from kedsl.attachments import uninstall
-from kedsl.editing import EditContext, EditRequest, WeightJournal
-from kedsl.params import resolve_params
+from kedsl.model.attachments import uninstall
+from kedsl.editing.outcome import EditContext
+from kedsl.editing.request import EditRequest
+from kedsl.model.journal import WeightJournal
+from kedsl.registry.params import resolve_params
 from kedsl.registry import Registry
-from kedsl.scoring import encode_prompt, greedy, greedy_ids, teacher_forced
+from kedsl.toolkit.scoring import encode_prompt, greedy, greedy_ids, teacher_forced
 
 EXACT = 0.9999  # only the stored prompt itself (cosine 1 up to float noise) is retrieved
 EIFFEL = EditRequest(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target="Rome")
@@ -88,7 +90,7 @@ def test_undo_and_rollback_remove_the_memory(tiny_llama):
     before = teacher_forced(model, [(EIFFEL.prompt, EIFFEL.target)])[0]
     outcome, _ = edit(model, [EIFFEL])
     assert model.contextualize(ids) != ids
-    from kedsl.attachments import detached
+    from kedsl.model.attachments import detached
 
     with detached(model):  # what fingerprint() and saving see: the plain model
         assert model.contextualize(ids) == ids
@@ -222,7 +224,7 @@ def test_saved_memory_loads_back_and_generate_uses_it(tiny_llama, tmp_path):
     from click.testing import CliRunner
 
     from kedsl.cli import main
-    from kedsl.model.generation import generate
+    from kedsl.toolkit.generation import generate
     from kedsl.model.loading import load_model
     from kedsl.model.saving import save_model
 
@@ -259,9 +261,9 @@ def test_revert_after_an_api_run_removes_the_memory(tiny_tokenizer, tmp_path):
     from conftest import make_tiny_llama
 
     from kedsl import api
-    from kedsl.audit import revert
+    from kedsl.api.history import revert
     from kedsl.model.loading import load_model
-    from kedsl.store import Store
+    from kedsl.provenance.store import Store
 
     registry = _registry()
     model = sharpen(make_tiny_llama(tiny_tokenizer))

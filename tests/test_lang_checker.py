@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from kedsl.hookspecs import hookimpl
+from kedsl.plugin import hookimpl
 from kedsl.lang import ResolvedEdit, ScriptError, check_source, parse, resolve_edits
-from kedsl.params import Param
+from kedsl.registry.params import Param
 from kedsl.registry import Registry
-from kedsl.specs import MethodSpec, MetricSpec, Relation
+from kedsl.registry.specs import MethodSpec, MetricSpec, Relation
 
 
 def _fake_plugin() -> types.ModuleType:

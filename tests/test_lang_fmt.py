@@ -11,8 +11,8 @@ from kedsl.lang.ast import (
     Arg, Batch, Edit, Expect, ExpectPrompt, Ident, MethodCall, ModelStmt, OnFailStmt, RelationStmt,
     SaveStmt, Script, UseStmt,
 )
-from kedsl.lang.parser import STATEMENT_KEYWORDS
-from kedsl.params import Range
+from kedsl.lang.syntax_errors import STATEMENT_KEYWORDS
+from kedsl.registry.params import Range
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RESERVED = set(STATEMENT_KEYWORDS) | {"true", "false", "with", "paraphrase", "from", "prompt", "subject",

@@ -8,7 +8,7 @@ import pytest
 from kedsl.lang import ScriptError, parse, parse_with_diagnostics
 from kedsl.lang.ast import Batch, Edit, Ident, ModelStmt, OnFailStmt, RelationStmt, SaveStmt, UseStmt
 from kedsl.lang.grammar_file import grammar_path
-from kedsl.params import Range
+from kedsl.registry.params import Range
 
 TOUR = (Path(__file__).resolve().parent.parent / "examples" / "language_tour.ke").read_text()
 

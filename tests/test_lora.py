@@ -11,9 +11,11 @@ import torch
 from conftest import make_tiny_llama, method_params, sharpen
 
 import kedsl_lora
-from kedsl.attachments import uninstall
-from kedsl.editing import EditContext, EditRequest, WeightJournal
-from kedsl.scoring import teacher_forced
+from kedsl.model.attachments import uninstall
+from kedsl.editing.outcome import EditContext
+from kedsl.editing.request import EditRequest
+from kedsl.model.journal import WeightJournal
+from kedsl.toolkit.scoring import teacher_forced
 
 FRENCH = EditRequest(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux", target="French")
 ROME = EditRequest(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target="Rome")
@@ -239,9 +241,9 @@ def _registry():
 
 @pytest.mark.parametrize("mode", ["adapter", "merged"])
 def test_script_saves_and_revert_restores_the_base(mode, tiny_tokenizer, tmp_path):
-    from kedsl import api, audit
+    from kedsl import api
     from kedsl.model.loading import load_model
-    from kedsl.store import Store
+    from kedsl.provenance.store import Store
 
     base = make_tiny_llama(tiny_tokenizer)
     sharpen(base).model.save_pretrained(tmp_path / "base")
@@ -264,7 +266,7 @@ def test_script_saves_and_revert_restores_the_base(mode, tiny_tokenizer, tmp_pat
     assert (edited.fingerprint() == fp_base) == (mode == "adapter")
 
     with Store.open(tmp_path / "k.db") as store:
-        result = audit.revert(store, report.edits[0].edit_id, tmp_path / "edited", tmp_path / "reverted")
+        result = api.revert(store, report.edits[0].edit_id, tmp_path / "edited", tmp_path / "reverted")
     assert result["modes"]["attachment:0:lora_adapter"] == ("removed" if mode == "adapter" else "unmerged (subtracted)")
     reverted = load_model(str(tmp_path / "reverted"), {}, registry)
     assert not reverted.attachments

@@ -15,9 +15,9 @@ torch = pytest.importorskip("torch")
 
 import kedsl_architectures  # noqa: E402
 import kedsl_metrics  # noqa: E402
-from kedsl.evaluation import EvalCase  # noqa: E402
+from kedsl.evaluation.cases import EvalCase  # noqa: E402
 from kedsl.model import LoadedModel  # noqa: E402
-from kedsl.scoring import greedy  # noqa: E402
+from kedsl.toolkit.scoring import greedy  # noqa: E402
 from kedsl.toolkit.tokens import encode_pair  # noqa: E402
 from kedsl_metrics import measures as M  # noqa: E402
 

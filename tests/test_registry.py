@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from kedsl.errors import PluginError
-from kedsl.hookspecs import hookimpl
+from kedsl.plugin import hookimpl
 from kedsl.registry import Registry
-from kedsl.specs import MethodSpec, MetricSpec, Relation
+from kedsl.registry.specs import MethodSpec, MetricSpec, Relation
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -218,7 +218,7 @@ def doc_plugins(monkeypatch) -> list[types.ModuleType]:
 def test_docs_document_every_hook_with_an_example():
     text = DOCS.read_text()
     examples = "\n".join(code for _, code in _doc_examples())
-    import kedsl.hookspecs as hookspecs
+    import kedsl.registry.hookspecs as hookspecs
 
     declared = {n for n in dir(hookspecs) if n.startswith("register_")}
     assert declared == set(HOOKS)
@@ -234,7 +234,7 @@ def test_docs_examples_register_through_the_registry(doc_plugins):
     assert reg.relation("height").id == "P2048"
     assert reg.model_source_for("zoo:tiny").name == "zoo"
     assert reg.architecture_for("bloom").name == "bloom"
-    from kedsl.params import resolve_params, validate_params
+    from kedsl.registry.params import resolve_params, validate_params
 
     spec = reg.method("nudge")
     assert validate_params(spec.params, {"layer": 1, "steps": 0})[0][0] == "steps"
@@ -244,8 +244,10 @@ def test_docs_examples_register_through_the_registry(doc_plugins):
 def test_docs_method_example_edits_and_rolls_back(doc_plugins, tiny_llama, tmp_path):
     import torch
 
-    from kedsl.editing import EditContext, EditRequest, WeightJournal
-    from kedsl.params import resolve_params
+    from kedsl.editing.outcome import EditContext
+    from kedsl.editing.request import EditRequest
+    from kedsl.model.journal import WeightJournal
+    from kedsl.registry.params import resolve_params
 
     spec = Registry(plugins=doc_plugins, entry_points=False).method("nudge")
     params = resolve_params(spec.params, {"layer": 1, "steps": 5, "lr": 0.05}, spec.presets, "llama")
@@ -262,7 +264,7 @@ def test_docs_method_example_edits_and_rolls_back(doc_plugins, tiny_llama, tmp_p
 
 
 def test_docs_metric_example_measures(doc_plugins, tiny_llama):
-    from kedsl.evaluation import EvalCase
+    from kedsl.evaluation.cases import EvalCase
 
     metric = Registry(plugins=doc_plugins, entry_points=False).metric("target_probability").load()
     cases = [

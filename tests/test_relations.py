@@ -11,7 +11,7 @@ import pytest
 
 import kedsl_relations
 from kedsl.registry import Registry
-from kedsl.specs import Relation
+from kedsl.registry.specs import Relation
 
 REPO = Path(__file__).resolve().parent.parent
 KNOWN_1000 = REPO.parent / "shared" / "data" / "known_1000.json"

@@ -16,11 +16,13 @@ import torch
 from conftest import method_params, sharpen
 
 import kedsl_rome
-from kedsl.editing import EditContext, EditRequest, WeightJournal
+from kedsl.editing.outcome import EditContext
+from kedsl.editing.request import EditRequest
+from kedsl.model.journal import WeightJournal
 from kedsl.errors import UsageError
-from kedsl.params import resolve_params
+from kedsl.registry.params import resolve_params
 from kedsl.registry import Registry
-from kedsl.scoring import teacher_forced
+from kedsl.toolkit.scoring import teacher_forced
 
 REQUEST = EditRequest(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux", target="French")
 UNRELATED = [
@@ -174,9 +176,8 @@ def test_rome_statistics_cached_between_edits(tiny_llama, monkeypatch):
 
 
 def test_rome_layer_auto_edits_where_the_mlp_effect_peaks_and_caches_the_profile(tiny_llama, tmp_path, monkeypatch):
-    from kedsl import locate
-    from kedsl.model.generation import generate
     from kedsl.toolkit import tracing
+    from kedsl.toolkit.generation import generate
 
     monkeypatch.setenv("KEDSL_STATS_DIR", str(tmp_path))
     prompts = [("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"), ("Apple was founded by Steve Jobs and", "Steve Jobs")]
@@ -191,7 +192,7 @@ def test_rome_layer_auto_edits_where_the_mlp_effect_peaks_and_caches_the_profile
     def no_tracing(*a, **k):
         raise AssertionError("the profile should come from the cache")
 
-    monkeypatch.setattr(locate, "average_trace", no_tracing)
+    monkeypatch.setattr(tracing, "average_trace", no_tracing)
     outcome = run_rome(tiny_llama, layer="auto")
     assert outcome.info["layer"] == profile["layer"]
     assert list(outcome.changes) == [tiny_llama.mlp_out_weight_name(profile["layer"])]

@@ -72,7 +72,7 @@ def test_resave_replaces_a_previous_kedsl_output(tiny_tokenizer, tmp_path):
     assert json.loads((out / "kedsl.json").read_text())["provenance"] == {"n": 2}
     assert not (out / "stale-extra-file.txt").exists()
     reloaded = AutoModelForCausalLM.from_pretrained(out)
-    from kedsl.model.handle import fingerprint_state_dict
+    from kedsl.model.fingerprint import fingerprint_state_dict
 
     assert fingerprint_state_dict(reloaded.state_dict()) == fingerprint_state_dict(second.model.state_dict())
     assert _leftovers(tmp_path, "out") == []

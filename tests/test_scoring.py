@@ -1,11 +1,11 @@
-"""Batched scoring (kedsl.scoring) equals one-prompt-at-a-time scoring on tiny models."""
+"""Batched scoring (kedsl.toolkit.scoring) equals one-prompt-at-a-time scoring on tiny models."""
 from __future__ import annotations
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from kedsl.scoring import TFScore, greedy, teacher_forced  # noqa: E402
+from kedsl.toolkit.scoring import TFScore, greedy, teacher_forced  # noqa: E402
 from kedsl.toolkit.tokens import encode_pair  # noqa: E402
 
 # Prompts of very different lengths, so batches are padded heavily.

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from kedsl.audit import verify_log
+from kedsl.provenance.verify import verify_log
 from kedsl.errors import StoreError
-from kedsl.store import SCHEMA_VERSION, Store
+from kedsl.provenance.store import SCHEMA_VERSION, Store
 
 METRIC = {"metric": "efficacy", "value": 1.0, "op": ">=", "threshold": 1.0, "passed": 1, "n": 1, "details": {}}
 
@@ -132,7 +132,7 @@ def test_tables_that_disagree_with_the_log_fail_verification(pristine, tmp_path,
 
 
 def test_changed_or_missing_outcome_blob_fails_verification(tmp_path, tiny_llama):
-    from kedsl.editing import WeightJournal
+    from kedsl.model.journal import WeightJournal
 
     j = WeightJournal(tiny_llama.model)
     name = tiny_llama.mlp_out_weight_name(1)
@@ -264,14 +264,14 @@ def test_readonly_open_never_writes(pristine, tmp_path):
 
 
 def test_version_1_database_is_migrated_with_its_anchor(tmp_path):
-    from kedsl import store as store_mod
+    from kedsl.provenance import schema
 
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db, isolation_level=None)
     import sqlite_utils
 
     old = sqlite_utils.Database(conn)
-    store_mod._migrate_v1(old)
+    schema._migrate_v1(old)
     conn.execute("PRAGMA user_version = 1")
     old["kedsl_meta"].insert({"key": "created", "value": "0"})
     conn.close()
@@ -296,7 +296,7 @@ def test_newer_schema_is_refused(tmp_path):
 def test_runs_of_dead_processes_are_marked_interrupted_by_the_next_writer(tmp_path):
     db = tmp_path / "k.db"
     code = (
-        "import os, sys\nfrom kedsl.store import Store\n"
+        "import os, sys\nfrom kedsl.provenance.store import Store\n"
         f"s = Store.open({str(db)!r})\nprint(s.begin_run(fingerprint_before='f0'))\nsys.stdout.flush()\nos._exit(0)\n"
     )
     dead_run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

@@ -133,7 +133,7 @@ def test_cli_locate_average_over_a_dataset(tiny_llama, tmp_path):
     from click.testing import CliRunner
 
     from kedsl.cli import main
-    from kedsl.model.generation import generate
+    from kedsl.toolkit.generation import generate
 
     prompts = [("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"), ("Apple was founded by Steve Jobs and", "Steve Jobs")]
     answers = generate(tiny_llama, [p for p, _ in prompts], max_new_tokens=2)

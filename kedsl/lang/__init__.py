@@ -2,6 +2,7 @@
 
 Public API::
 
+    read_script(path) -> str                               # a .ke file's text (UsageError if unreadable)
     parse(source, filename) -> Script                      # raises ScriptError
     check_source(source, filename, registry) -> (Script | None, [Diagnostic])
     check(script, registry) -> [Diagnostic]
@@ -11,8 +12,11 @@ Public API::
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
+from ..registry import get_registry
 from .ast import Script
 from .checker import (
     DEFAULT_ON_FAIL,
@@ -45,6 +49,7 @@ __all__ = [
     "on_fail_policy",
     "parse",
     "parse_with_diagnostics",
+    "read_script",
     "render_all",
     "resolve_edits",
 ]
@@ -63,7 +68,19 @@ def check_source(
     if script is None:
         return None, diags
     if registry is None:
-        from ..registry import get_registry
-
         registry = get_registry()
     return script, check(script, registry, base_dir)
+
+
+def read_script(path: str | os.PathLike[str]) -> str:
+    """The text of a script file; a missing, unreadable or non-UTF-8 file is a
+    :class:`~kedsl.errors.UsageError` (exit 2) that names it."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"no such file: {p}", "pass the path of a .ke file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start})", "save the script as UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {p}: {exc.strerror or exc}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-from ..params import Range
+from ..registry.params import Range
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import did_you_mean
-from ..params import validate_params
-from ..specs import MethodSpec, Relation
+from ..registry.params import validate_params
+from ..registry.specs import MethodSpec, Relation
 from .ast import Batch, Edit, Ident, MethodCall, ModelStmt, OnFailStmt, Pos, RelationStmt, SaveStmt, Script, UseStmt
 from .diagnostics import ERROR, WARNING, Diagnostic, ScriptError, diag_at, sort_key
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from ..params import Range
+from ..registry.params import Range
 from .ast import (
     Batch,
     Comment,

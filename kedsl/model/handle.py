@@ -1,14 +1,16 @@
 """The handle every method and metric receives: model + tokenizer + architecture."""
 from __future__ import annotations
 
-import hashlib
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from ..specs import ArchitectureSpec
+from ..errors import UsageError
+from ..registry.specs import ArchitectureSpec
+from .fingerprint import fingerprint_state_dict
 
 
 @dataclass
@@ -29,7 +31,8 @@ class LoadedModel:
     # keys), by method name; tensors only, saved beside the weights (kedsl_state.safetensors)
     # so a later `apply` on the saved model continues where this one stopped.
     method_state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    # Installed non-weight outcomes (kedsl.attachments.Attachment), in install order.
+    # Installed non-weight outcomes (kedsl.model.attachments.Attachment), in install order;
+    # installed and removed only through install/uninstall below.
     attachments: list[Any] = field(default_factory=list)
 
     # -- structure ---------------------------------------------------------------
@@ -67,8 +70,6 @@ class LoadedModel:
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
-            from ..errors import UsageError
-
             raise UsageError(
                 f"layer {layer} does not exist: the model has layers 0..{self.num_layers - 1}",
                 "choose a layer inside that range",
@@ -78,11 +79,9 @@ class LoadedModel:
     def fingerprint(self) -> str:
         """SHA-256 over the *weights* (state dict in canonical order: name, dtype, shape,
         bytes), attachments uninstalled for the duration (their digest is separate:
-        :func:`kedsl.attachments.attachments_digest`)."""
+        :func:`kedsl.model.attachments.attachments_digest`)."""
         if not self.attachments:
             return fingerprint_state_dict(self.model.state_dict())
-        from ..attachments import detached
-
         with detached(self):
             return fingerprint_state_dict(self.model.state_dict())
 
@@ -99,18 +98,40 @@ class LoadedModel:
         return ids
 
 
-def fingerprint_state_dict(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    hash_tensors(h, state)
-    return h.hexdigest()
+# -- installing attachments (kedsl.model.attachments.Attachment) through the model's list -------
+def install(model: LoadedModel, attachment: Any) -> None:
+    """Attach and register ``attachment`` on ``model`` (kept in ``model.attachments``)."""
+    if any(a is attachment for a in model.attachments):
+        raise RuntimeError(f"{attachment.kind} attachment is already installed")
+    attachment.attach(model)
+    model.attachments.append(attachment)
 
 
-def hash_tensors(h: Any, tensors: dict[str, torch.Tensor]) -> None:
-    """Feed ``tensors`` to the hash ``h`` in canonical order: name, dtype, shape, bytes."""
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(repr(tuple(t.shape)).encode())
-        # view as bytes: works for every dtype, bf16 included
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+def uninstall(model: LoadedModel, attachment: Any) -> None:
+    """Detach ``attachment`` and drop it from ``model.attachments``."""
+    for i, a in enumerate(model.attachments):
+        if a is attachment:
+            # Later attachments may sit on top of this one (peft wraps wrapped modules):
+            # take them off, remove this one, put them back in order.
+            later = model.attachments[i + 1 :]
+            for b in reversed(later):
+                b.detach(model)
+            attachment.detach(model)
+            for b in later:
+                b.attach(model)
+            del model.attachments[i]
+            return
+    raise RuntimeError(f"{attachment.kind} attachment is not installed on this model")
+
+
+@contextlib.contextmanager
+def detached(model: LoadedModel) -> Iterator[None]:
+    """The plain model for the duration (every attachment off, then back on in order)."""
+    live = list(model.attachments)
+    for a in reversed(live):
+        a.detach(model)
+    try:
+        yield
+    finally:
+        for a in live:
+            a.attach(model)

@@ -23,9 +23,12 @@ import torch
 
 from ..cache import models_dir
 from ..errors import ModelError, PluginError, UsageError, did_you_mean
+from ..files import fsync_tree
 from ..registry import Registry, get_registry
+from ..registry.specs import ArchitectureSpec
+from .attachments import load_attachments
 from .handle import LoadedModel
-from .saving import fsync_tree
+from .saving import MARKER, read_method_state
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +108,30 @@ def load_model(ref: str, settings: dict[str, Any] | None = None, registry: Regis
     if not isinstance(loaded, LoadedModel):
         raise PluginError(
             f"model source `{source.name}` returned {type(loaded).__name__}, expected LoadedModel",
-            "a model source's load(ref, settings) must return kedsl.model.LoadedModel",
+            "a model source's load(ref, settings) must return kedsl.plugin.LoadedModel",
         )
     loaded.ref = ref
     loaded.source = source.name
     loaded.meta.setdefault("load_seconds", round(time.perf_counter() - started, 3))
     log.info("loaded %r (%s) in %.1f s", ref, loaded.meta.get("path", ref), loaded.meta["load_seconds"])
     return loaded
+
+
+def saved_dtype(model_dir: str | os.PathLike[str]) -> str:
+    """The dtype a saved model directory holds (its ``config.json``), for loading it as
+    it was saved; float32 when the config names none or an unusual one."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        raise ModelError(f"{model_dir} has no readable config.json", "is it a saved model directory?") from None
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
+def load_saved_model(model_dir: str | os.PathLike[str], registry: Registry | None = None) -> LoadedModel:
+    """A saved model directory, loaded by its absolute path in the dtype it was saved in
+    (what verification and revert compare bit for bit)."""
+    return load_model(str(Path(model_dir).absolute()), {"dtype": saved_dtype(model_dir)}, registry)
 
 
 # -- shared helpers for sources ----------------------------------------------------------
@@ -156,13 +176,9 @@ def load_pretrained(
     loaded = LoadedModel(model=model, tokenizer=tokenizer, arch=arch, source=source, meta=dict(meta or {}))
     loaded.meta.setdefault("path", where)
     if Path(str(where)).is_dir():  # a kedsl-saved model carries its methods' state
-        from .saving import read_method_state
-
         loaded.method_state = read_method_state(where)
-        record_path = Path(where) / "kedsl.json"
+        record_path = Path(where) / MARKER
         if record_path.is_file():
-            from ..attachments import load_attachments
-
             entries = json.loads(record_path.read_text(encoding="utf-8")).get("attachments") or []
             load_attachments(loaded, Path(where), entries, _active_registry.get() or get_registry())
     try:
@@ -175,7 +191,7 @@ def load_pretrained(
     return loaded
 
 
-def architecture_for(model_type: str):  # -> ArchitectureSpec
+def architecture_for(model_type: str) -> ArchitectureSpec:
     """The architecture plugin for ``model_type`` from the registry load_model was given."""
     registry = _active_registry.get() or get_registry()
     return registry.architecture_for(model_type)

@@ -17,11 +17,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import __version__
 from ..errors import UsageError
-from .handle import LoadedModel, fingerprint_state_dict
+from ..files import fsync_dir, fsync_tree, pid_alive
+from .attachments import attachments_digest, detached, save_attachments
 from .card import CARD, render_model_card
+from .fingerprint import fingerprint_state_dict
+from .handle import LoadedModel
+from .journal import WeightJournal
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +62,6 @@ def save_model(
     (it must be the fingerprint of what is written: with ``mode="merged"`` and mergeable
     attachments it is recomputed). ``mode``: see :data:`SAVE_MODES`.
     """
-    from .. import __version__
-    from ..attachments import attachments_digest, detached, save_attachments
-
     mode = mode or "adapter"
     if mode not in SAVE_MODES:
         raise UsageError(f"unknown save mode `{mode}`", "use one of: " + ", ".join(SAVE_MODES))
@@ -103,7 +108,7 @@ def save_model(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     log.info("saved model to %s", out)
     return out
 
@@ -126,8 +131,6 @@ def merged_deltas(model: LoadedModel, mode: str) -> tuple[dict[str, Any], set[in
 
 def saved_fingerprint(model: LoadedModel, mode: str | None) -> str:
     """The fingerprint of the weights a save in ``mode`` writes."""
-    from ..attachments import detached
-
     deltas, _ = merged_deltas(model, mode or "adapter")
     if not deltas:
         return model.fingerprint()
@@ -136,11 +139,9 @@ def saved_fingerprint(model: LoadedModel, mode: str | None) -> str:
 
 
 @contextlib.contextmanager
-def _weights_plus(model: LoadedModel, deltas: dict[str, Any]):
+def _weights_plus(model: LoadedModel, deltas: dict[str, Any]) -> Iterator[None]:
     """The model's weights with ``deltas`` added for the duration; the exact originals
     are put back afterwards (through the journal, not by subtracting)."""
-    from ..editing import WeightJournal
-
     journal = WeightJournal(model.model)
     try:
         for name, delta in deltas.items():
@@ -153,9 +154,6 @@ def _weights_plus(model: LoadedModel, deltas: dict[str, Any]):
 def write_method_state(state: dict[str, dict[str, Any]], path: Path) -> list[str]:
     """Write methods' sequential state as safetensors (nothing when there is none);
     returns the keys written."""
-    import torch
-    from safetensors.torch import save_file
-
     flat: dict[str, torch.Tensor] = {}
     for method, entries in state.items():
         for key, value in entries.items():
@@ -174,8 +172,6 @@ def read_method_state(directory: str | os.PathLike[str]) -> dict[str, dict[str, 
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         return {}
-    from safetensors.torch import load_file
-
     state: dict[str, dict[str, Any]] = {}
     for name, value in load_file(str(path)).items():
         method, _, key = name.partition("/")
@@ -219,16 +215,6 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clear_stale_siblings(out: Path) -> list[Path]:
     """Remove the temporary siblings of ``out`` left by saves whose process is gone; if
     ``out`` itself is missing because such a save was killed between moving the old
@@ -238,7 +224,7 @@ def clear_stale_siblings(out: Path) -> list[Path]:
     for kind in ("old", "tmp"):  # old first: it may have to become `out` again
         for p in sorted(out.parent.glob(f".{out.name}.{kind}-*-*")):
             pid_text = p.name[len(f".{out.name}.{kind}-"):].split("-", 1)[0]
-            if not pid_text.isdigit() or _pid_alive(int(pid_text)) or not p.is_dir():
+            if not pid_text.isdigit() or pid_alive(int(pid_text)) or not p.is_dir():
                 continue
             if kind == "old" and not out.exists() and (p / MARKER).is_file():
                 os.rename(p, out)
@@ -248,25 +234,3 @@ def clear_stale_siblings(out: Path) -> list[Path]:
                 log.info("removed %s left by an interrupted save", p)
             touched.append(p)
     return touched
-
-
-def fsync_tree(root: Path) -> None:
-    """Flush every file under ``root`` and the directories themselves to disk, so that a
-    rename that follows publishes complete content even after a crash."""
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can fsync a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

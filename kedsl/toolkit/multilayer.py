@@ -25,16 +25,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from ..editing import EditContext, EditRequest, WeightJournal
-from ..errors import UsageError
-from ..params import config_values
+from ..editing.outcome import EditContext
+from ..editing.request import EditRequest
 from ..model.handle import LoadedModel
+from ..model.journal import WeightJournal
 from .activations import first_tensor, hooked, make_batch, pad_id, read_at, record_layer_outputs, replaying
 from .context import context_templates
+from .multilayer_config import MultiLayerConfig
 from .optimize import Fact, ValueSearchConfig, search_values, template_prefix
 from .tokens import encode_with_subject
 
@@ -81,54 +82,6 @@ def least_squares_update(keys: torch.Tensor, residuals: torch.Tensor, mom2: torc
         return r @ torch.linalg.pinv(k)
     a = update_weight * mom2.double() + k @ k.T
     return torch.linalg.solve(a, k @ r.T).T
-
-
-@dataclass
-class MultiLayerConfig:
-    """The parameters every multi-layer method shares; a method's config subclasses it
-    with its own (the documentation of each is in the plugin's PARAMS) and its name."""
-
-    method: ClassVar[str] = "method"  # the method's registered name, for messages
-    layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
-    mom2_samples: int = 8192
-    stats_corpus: str = "model"
-    v_lr: float = 0.5
-    v_steps: int = 25
-    v_weight_decay: float = 0.5
-    v_nll_tol: float = 0.05
-    kl_factor: float = 0.0625
-    clamp_norm_factor: float = 0.75
-    context_count: int = 5
-    context_lengths: list[int] = field(default_factory=lambda: [5, 10])
-    seed: int = 0
-    bf16: bool | None = None  # None: auto (kedsl.toolkit.precision)
-    v_batch: int = 10
-    spread_passes: int = 1
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any], default_seed: int = 0) -> Any:
-        cfg = cls(**config_values(cls, params, cls.method, default_seed))
-        cfg.layers = sorted(set(cfg.layers))
-        if not cfg.layers:
-            raise UsageError(f"{cls.method} needs at least one layer", "give layers=4..8, for example")
-        return cfg
-
-    def check(self, model: LoadedModel, requests: Sequence[EditRequest]) -> None:
-        """Layers exist and every request is an edit (these methods only write facts)."""
-        self.touched(model)
-        for r in requests:
-            if r.kind != "edit":
-                raise UsageError(f"{self.method} cannot {r.kind} facts, only edit them", "use edit statements")
-
-    def touched(self, model: LoadedModel) -> list[str]:
-        """The weights an edit changes (for ``kedsl plan``): the layers' MLP output
-        projections; a layer the model lacks is a usage error."""
-        for layer in self.layers:
-            model.check_layer(layer)
-        return [model.mlp_out_weight_name(layer) for layer in self.layers]
-
-    def value_search(self) -> ValueSearchConfig:
-        return ValueSearchConfig.from_method(self)
 
 
 @dataclass
@@ -301,7 +254,7 @@ def multilayer_edit(
     t0 = time.perf_counter()
     templates = context_templates(model, cfg.context_lengths, cfg.context_count, cfg.seed)
     say(f"{method}: target search for {len(requests)} facts")
-    found = search_targets(model, requests, templates, cfg.layers[-1], cfg.value_search(), cfg.v_batch)
+    found = search_targets(model, requests, templates, cfg.layers[-1], ValueSearchConfig.from_method(cfg), cfg.v_batch)
     spread = spread_update(model, requests, cfg.layers, templates, found.z, solve, context.weights, lambda s: say(f"{method}: {s}"), cfg.spread_passes)
     seconds = time.perf_counter() - t0
     log.info("%s: %d facts, layers %s, %d search steps, %.1fs (search %.1fs)", method, len(requests), cfg.layers, found.steps, seconds, found.seconds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..editing import EditRequest
+from ..editing.request import EditRequest
 from ..model.handle import LoadedModel
 from .tokens import encode_pair
 

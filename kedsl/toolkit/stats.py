@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from ..cache import stats_dir
 from ..errors import DataError
 from ..model.handle import LoadedModel
 from .activations import StopForward, hooked, make_batch, pad_id
@@ -40,8 +41,6 @@ MODEL_DOC_TOKENS = 128
 
 def stats_root() -> Path:
     """``$KEDSL_STATS_DIR`` if set, else the kedsl cache's stats dir (created)."""
-    from ..cache import stats_dir
-
     return stats_dir(create=True)
 
 

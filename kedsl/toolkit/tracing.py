@@ -22,15 +22,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+from importlib import resources
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from ..errors import DataError
 from ..model.handle import LoadedModel
 from .activations import accepts_logits_to_keep, edit_output, replace_at, trace
+from .generation import generate
+from .precision import resolve_bf16
+from .stats import base_fingerprint, stats_root
 from .tokens import subject_token_span
 
 log = logging.getLogger(__name__)
@@ -188,8 +193,6 @@ def causal_trace(
     noise = (torch.randn(samples, len(subj), model.hidden_size, generator=gen) * scale).to(dev)
 
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(net) else {}
-    from .precision import resolve_bf16
-
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=resolve_bf16(bf16) and dev.type == "cpu")
 
     def run(rows: int) -> torch.Tensor:
@@ -241,6 +244,84 @@ def causal_trace(
     )
 
 
+# -- the dataset average --------------------------------------------------------------
+@dataclass
+class AverageTrace:
+    """The dataset average: per kind, the mean indirect effect per layer at the subject's
+    last token over ``kept`` facts the model answers correctly (of ``tried``)."""
+
+    model: str
+    tried: int
+    kept: int
+    samples: int
+    window: int
+    noise_scale: float
+    effects: dict[str, list[float]] = field(default_factory=dict)
+    facts: list[dict[str, Any]] = field(default_factory=list)
+
+    def peak(self, kind: str) -> int:
+        ys = self.effects[kind]
+        return max(range(len(ys)), key=ys.__getitem__)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "tried": self.tried,
+            "kept": self.kept,
+            "samples": self.samples,
+            "window": self.window,
+            "noise_scale": self.noise_scale,
+            "effects": self.effects,
+            "peaks": {k: self.peak(k) for k in self.effects},
+            "facts": self.facts,
+        }
+
+
+def average_trace(
+    model: LoadedModel,
+    records: Sequence[dict[str, Any]],
+    kinds: Sequence[str] = ("mlp", "attn"),
+    samples: int = 10,
+    window: int = 10,
+    seed: int = 0,
+    bf16: bool | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> AverageTrace:
+    """Keep the records the model answers (its greedy continuation starts with the
+    attribute), then average the indirect effect at the subject's last token per layer."""
+    usable = [r for r in records if r["subject"] in r["prompt"]]
+    continuations = generate(model, [r["prompt"] for r in usable], max_new_tokens=4) if usable else []
+    known = [r for r, c in zip(usable, continuations) if c.strip().startswith(r["attribute"].strip()) and r["attribute"].strip()]
+    if not known:
+        raise DataError(f"the model answers none of the {len(records)} facts", "try more records (--limit) or another dataset")
+    scale = noise_scale(model, [(r["prompt"], r["subject"]) for r in known])
+    sums = {k: [0.0] * model.num_layers for k in kinds}
+    facts = []
+    for i, r in enumerate(known):
+        if progress:
+            progress(i, len(known), r["subject"])
+        _, span = subject_token_span(model.tokenizer, r["prompt"], r["subject"])
+        last = span[-1]
+        row: dict[str, Any] = {"subject": r["subject"], "prompt": r["prompt"], "attribute": r["attribute"]}
+        for kind in kinds:
+            res = causal_trace(model, r["prompt"], r["subject"], kind=kind, samples=samples, window=window, seed=seed + i, scale=scale, bf16=bf16, positions=[last])
+            eff = res.effects()[last]
+            sums[kind] = [a + b for a, b in zip(sums[kind], eff)]
+            row[kind] = eff
+            row["clean_prob"], row["corrupted_prob"] = res.clean_prob, res.corrupted_prob
+        facts.append(row)
+    return AverageTrace(
+        model=model.ref,
+        tried=len(records),
+        kept=len(known),
+        samples=samples,
+        window=window,
+        noise_scale=scale,
+        effects={k: [v / len(known) for v in s] for k, s in sums.items()},
+        facts=facts,
+    )
+
+
 # -- layer=auto --------------------------------------------------------------------------
 
 AUTO_LAYER_SAMPLES = 5
@@ -249,9 +330,7 @@ AUTO_LAYER_WINDOW = 10
 
 def known_facts() -> list[dict[str, Any]]:
     """The famous facts shipped with kedsl for ``layer=auto`` (subject, prompt, attribute)."""
-    from importlib import resources
-
-    data = json.loads(resources.files("kedsl").joinpath("data_files/known_facts.json").read_text(encoding="utf-8"))
+    data = json.loads(resources.files("kedsl.toolkit").joinpath("known_facts.json").read_text(encoding="utf-8"))
     return list(data["facts"])
 
 
@@ -261,9 +340,6 @@ def mlp_profile(model: LoadedModel, records: Sequence[dict[str, Any]] | None = N
     facts the model answers (default: :func:`known_facts`). Cached next to the
     second-moment statistics, keyed by the base model's fingerprint, when ``records`` is
     the default set."""
-    from ..locate import average_trace
-    from .stats import base_fingerprint, stats_root
-
     path = stats_root() / f"{base_fingerprint(model)[:16]}-mlp-profile-known{len(known_facts())}-s{samples}-w{window}-seed{seed}.json"
     if records is None and path.is_file():
         return json.loads(path.read_text())

@@ -5,8 +5,7 @@ modules whose weight is stored transposed, (in_features, out_features).
 """
 from __future__ import annotations
 
-from kedsl.hookspecs import hookimpl
-from kedsl.specs import ArchitectureSpec
+from kedsl.plugin import ArchitectureSpec, hookimpl
 
 LLAMA_FAMILY = ArchitectureSpec(
     name="llama",

@@ -8,46 +8,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from kedsl.editing import EditContext, EditOutcome, EditRequest
-from kedsl.model.handle import LoadedModel
-from kedsl.params import config_values
+from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method
 from kedsl.toolkit.objectives import last_prompt_loss, masked_target_loss
+
+from .config import FTConfig, FTLConfig, FTMConfig
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class FTConfig:
-    """Parameters shared by FT-L and FT-M (see kedsl_ft.PARAMS for each one's meaning)."""
-
-    layer: int = 20
-    lr: float = 5e-4
-    steps: int = 25
-    weight_decay: float = 0.0
-    norm_constraint: float = 0.0
-    nll_tol: float = 1e-2
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "FTConfig":
-        return cls(**config_values(cls, params, "fine-tuning"))
-
-
-@dataclass
-class FTLConfig(FTConfig):
-    norm_constraint: float = 5e-4
-
-
-@dataclass
-class FTMConfig(FTConfig):
-    norm_constraint: float = 0.0
-
-
-class _FineTune:
+class _FineTune(Method):
     """Shared apply(); subclasses name the objective and the config class."""
 
     config_class: type[FTConfig] = FTConfig

@@ -61,11 +61,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from kedsl.attachments import Attachment
-from kedsl.errors import ModelError
+from kedsl.plugin import Attachment, ModelError
 
 if TYPE_CHECKING:
-    from kedsl.model.handle import LoadedModel
+    from kedsl.plugin import LoadedModel
 
 log = logging.getLogger(__name__)
 

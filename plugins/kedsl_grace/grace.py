@@ -15,37 +15,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from kedsl.editing import EditContext, EditOutcome, EditRequest
-from kedsl.errors import UsageError
-from kedsl.model.handle import LoadedModel
-from kedsl.params import config_values
+from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method, UsageError
 from kedsl.toolkit.activations import StopForward, forward_until, make_batch, pad_id
 from kedsl.toolkit.objectives import masked_target_loss
 from kedsl.toolkit.tokens import encode_pair
 
 from .codebook import GraceCodebook, codebook_of
+from .config import GraceConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GraceConfig:
-    """GRACE's parameters (see kedsl_grace.GRACE_PARAMS for each one's meaning)."""
-
-    layer: int = 23
-    eps: float = 0.15
-    lr: float = 1.0
-    steps: int = 100
-    nll_tol: float = 1e-2
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "GraceConfig":
-        return cls(**config_values(cls, params, "grace"))
 
 
 @torch.no_grad()
@@ -71,7 +53,7 @@ def read_keys_and_outputs(model: LoadedModel, layer: int, prompts: list[list[int
     return caught["keys"], caught["outputs"]
 
 
-class Grace:
+class Grace(Method):
     """The ``grace`` method: one codebook attachment per edit (batch: one entry per request)."""
 
     def touches(self, model: LoadedModel, params: dict[str, Any]) -> list[str]:

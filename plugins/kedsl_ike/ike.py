@@ -46,13 +46,11 @@ from typing import Any, Sequence
 
 import torch
 
-from kedsl.attachments import Attachment
-from kedsl.editing import EditContext, EditOutcome, EditRequest
-from kedsl.errors import UsageError
-from kedsl.model.handle import LoadedModel
+from kedsl.plugin import Attachment, EditContext, EditOutcome, EditRequest, LoadedModel, Method, UsageError
 from kedsl.toolkit.activations import forward_until, make_batch, pad_id, trace
 from kedsl.toolkit.tokens import bos_ids, join
-from kedsl_ike import PARAMS
+
+from .config import IKEConfig
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +105,8 @@ DEMONSTRATIONS: tuple[Demonstration, ...] = (
 
 @dataclass(frozen=True)
 class Settings:
-    """Retrieval and prompt settings of a memory (see kedsl_ike.PARAMS)."""
+    """Retrieval and prompt settings of a memory: the resolved :class:`IKEConfig` (the
+    layer a number), saved with the memory."""
 
     layer: int
     threshold: float
@@ -117,16 +116,13 @@ class Settings:
     @classmethod
     def from_params(cls, params: dict[str, Any], model: LoadedModel) -> "Settings":
         """From resolved parameters (a missing or None value takes the declared default)."""
-        values = {p.name: p.default for p in PARAMS}
-        values.update({k: v for k, v in params.items() if v is not None})
-        layer = values["layer"]
-        if layer == "auto":
-            layer = auto_layer(model.num_layers)
-        model.check_layer(int(layer))
-        n_demos = int(values["demonstrations"])
+        cfg = IKEConfig.from_params(params)
+        layer = auto_layer(model.num_layers) if cfg.layer == "auto" else int(cfg.layer)
+        model.check_layer(layer)
+        n_demos = int(cfg.demonstrations)
         if not 0 <= n_demos <= len(DEMONSTRATIONS):
             raise UsageError(f"demonstrations must be in 0..{len(DEMONSTRATIONS)}, got {n_demos}")
-        return cls(layer=int(layer), threshold=float(values["threshold"]), top_k=int(values["top_k"]), demonstrations=n_demos)
+        return cls(layer=layer, threshold=float(cfg.threshold), top_k=int(cfg.top_k), demonstrations=n_demos)
 
 
 def auto_layer(num_layers: int) -> int:
@@ -387,7 +383,7 @@ def _leader(model: LoadedModel) -> IKEMemory | None:
 
 
 # -- the method ---------------------------------------------------------------------------------
-class IKE:
+class IKE(Method):
     """In-context knowledge editing: the facts become an :class:`IKEMemory`."""
 
     def touches(self, model: LoadedModel, params: dict[str, Any]) -> list[str]:

@@ -36,9 +36,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from torch import nn
 
-from kedsl.attachments import Attachment
-from kedsl.errors import UsageError
-from kedsl.model.handle import LoadedModel
+from kedsl.plugin import Attachment, LoadedModel, UsageError
 
 log = logging.getLogger(__name__)
 

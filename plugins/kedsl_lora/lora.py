@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import peft
 import torch
 import torch.nn.functional as F
-from peft import AdaLoraConfig, LoraConfig, PeftConfig
+from peft import PeftConfig
 from peft.tuners.adalora.layer import RankAllocator
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from kedsl.editing import EditContext, EditOutcome, EditRequest
-from kedsl.errors import UsageError
-from kedsl.model.handle import LoadedModel
-from kedsl.params import config_values
+from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method, UsageError
 from kedsl.toolkit.objectives import masked_target_loss
 from kedsl.toolkit.tokens import encode_pair
 
@@ -41,6 +38,7 @@ from .adapters import (
     new_adapter_name,
     remove_adapter,
 )
+from .config import AdaLoRAConfig, AdapterConfig, LoRAConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,43 +69,6 @@ SWEEP = {
     ("adalora", "0-9", "layers=20 lr=1e-2 steps=60 nll_tol=0.3 (preset)"): (1.000, 0.890, 0.967, 12.8),
     ("adalora", "10-29", "layers=20 lr=1e-2 steps=60 nll_tol=0.3 (preset)"): (1.000, 0.848, 0.843, 11.0),
 }
-
-
-# -- settings ------------------------------------------------------------------------------------------
-@dataclass
-class LoraSettings:
-    """The ``lora`` parameters (see kedsl_lora.LORA_PARAMS for each one's meaning)."""
-
-    layers: list[int] | None = None
-    modules: tuple[str, ...] = ("mlp_out",)
-    rank: int = 8
-    alpha: float = 32.0
-    dropout: float = 0.0
-    lr: float = 1e-3
-    steps: int = 60
-    nll_tol: float = 0.3
-
-    method: ClassVar[str] = "lora"
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "LoraSettings":
-        return cls(**config_values(cls, params, cls.method))
-
-
-@dataclass
-class AdaLoraSettings(LoraSettings):
-    """The ``adalora`` parameters (``rank`` is unused: AdaLoRA starts at ``init_rank``)."""
-
-    method: ClassVar[str] = "adalora"
-    lr: float = 1e-2
-    init_rank: int = 12
-    target_rank: int = 8
-    tinit: int = 0
-    tfinal: int = 0
-    delta_t: int = 1
-    beta1: float = 0.85
-    beta2: float = 0.85
-    orth_reg_weight: float = 0.5
 
 
 # -- where adapters go ------------------------------------------------------------------------------
@@ -170,13 +131,13 @@ def _target_labels(model: LoadedModel, requests: list[EditRequest]) -> tuple[tor
 
 
 # -- the methods ----------------------------------------------------------------------------------------
-class _AdapterEdit:
+class _AdapterEdit(Method):
     """Shared apply(): inject, train the new adapter only, capture, reinstall as attachment."""
 
-    settings_class: ClassVar[type[LoraSettings]] = LoraSettings
+    config_class: ClassVar[type[AdapterConfig]] = LoRAConfig
     attachment_class: ClassVar[type[PeftAdapter]] = LoraAdapter
 
-    def peft_config(self, cfg: LoraSettings, targets: list[str], model: LoadedModel) -> PeftConfig:
+    def peft_config(self, cfg: AdapterConfig, targets: list[str], model: LoadedModel) -> PeftConfig:
         raise NotImplementedError
 
     def loss(self, model: LoadedModel, requests: list[EditRequest], name: str) -> tuple[torch.Tensor, float]:
@@ -184,7 +145,7 @@ class _AdapterEdit:
         loss = masked_target_loss(model, requests)
         return loss, float(loss.detach())
 
-    def begin(self, model: LoadedModel, cfg: LoraSettings, name: str) -> None:
+    def begin(self, model: LoadedModel, cfg: AdapterConfig, name: str) -> None:
         """Set up per-edit training state once the adapter is installed."""
 
     def after_step(self, model: LoadedModel, step: int) -> None:
@@ -193,8 +154,8 @@ class _AdapterEdit:
     def end(self, model: LoadedModel) -> None:
         """Drop per-edit training state."""
 
-    def settings(self, model: LoadedModel, params: dict[str, Any]) -> tuple[LoraSettings, list[str]]:
-        cfg = self.settings_class.from_params(params)
+    def settings(self, model: LoadedModel, params: dict[str, Any]) -> tuple[AdapterConfig, list[str]]:
+        cfg = self.config_class.from_params(params)
         return cfg, target_modules(model, cfg.layers, tuple(cfg.modules))
 
     def touches(self, model: LoadedModel, params: dict[str, Any]) -> list[str]:
@@ -264,11 +225,11 @@ class LoRA(_AdapterEdit):
     """LoRA (Hu et al. 2021): a low-rank update B·A·(alpha/rank) beside each target module,
     trained with FT-M's objective (teacher-forced CE on the target tokens)."""
 
-    settings_class = LoraSettings
+    config_class = LoRAConfig
     attachment_class = LoraAdapter
 
-    def peft_config(self, cfg: LoraSettings, targets: list[str], model: LoadedModel) -> PeftConfig:
-        return LoraConfig(
+    def peft_config(self, cfg: AdapterConfig, targets: list[str], model: LoadedModel) -> PeftConfig:
+        return peft.LoraConfig(
             r=cfg.rank,
             lora_alpha=cfg.alpha,
             lora_dropout=cfg.dropout,
@@ -285,11 +246,11 @@ class AdaLoRA(_AdapterEdit):
     RankAllocator moves between modules while training; the loss adds peft's orthogonal
     regulariser on P and Q (computed in ``AdaLoraModel.forward``)."""
 
-    settings_class = AdaLoraSettings
+    config_class = AdaLoRAConfig
     attachment_class = AdaLoraAdapter
 
-    def peft_config(self, cfg: LoraSettings, targets: list[str], model: LoadedModel) -> PeftConfig:
-        assert isinstance(cfg, AdaLoraSettings)
+    def peft_config(self, cfg: AdapterConfig, targets: list[str], model: LoadedModel) -> PeftConfig:
+        assert isinstance(cfg, AdaLoRAConfig)
         if cfg.target_rank > cfg.init_rank:
             raise UsageError(
                 f"target_rank ({cfg.target_rank}) is above init_rank ({cfg.init_rank})",
@@ -300,7 +261,7 @@ class AdaLoRA(_AdapterEdit):
                 f"tinit ({cfg.tinit}) + tfinal ({cfg.tfinal}) leave no rank-allocation steps out of {cfg.steps}",
                 "choose tinit + tfinal < steps",
             )
-        return AdaLoraConfig(
+        return peft.AdaLoraConfig(
             init_r=cfg.init_rank,
             target_r=cfg.target_rank,
             lora_alpha=cfg.alpha,
@@ -318,7 +279,7 @@ class AdaLoRA(_AdapterEdit):
             inference_mode=False,
         )
 
-    def begin(self, model: LoadedModel, cfg: LoraSettings, name: str) -> None:
+    def begin(self, model: LoadedModel, cfg: AdapterConfig, name: str) -> None:
         # What AdaLoraModel.__init__ does for its trainable adapter; done here because an
         # adapter added to an existing host (sequential edits) does not get it.
         tuner = host_model(model, "ADALORA").base_model

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from kedsl.editing import EditContext, EditOutcome, EditRequest
-from kedsl.model.handle import LoadedModel
-from kedsl.toolkit.multilayer import MultiLayerConfig, least_squares_update, multilayer_edit
+from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method
+from kedsl.toolkit.multilayer import least_squares_update, multilayer_edit
 from kedsl.toolkit.stats import second_moment
+
+from .config import MEMITConfig
 
 log = logging.getLogger(__name__)
 
@@ -150,15 +150,7 @@ locality traded along one frontier (at 40-50 facts no setting had both above 0.8
 second pass (table 5) is what moved it."""
 
 
-@dataclass
-class MEMITConfig(MultiLayerConfig):
-    """MEMIT's parameters (see kedsl_memit.PARAMS for the documentation of each)."""
-
-    method: ClassVar[str] = "memit"
-    mom2_update_weight: float = 15000.0
-
-
-class MEMIT:
+class MEMIT(Method):
     """The method class named by kedsl_memit's MethodSpec."""
 
     def touches(self, model: LoadedModel, params: dict[str, Any]) -> list[str]:

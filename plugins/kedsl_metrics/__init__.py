@@ -6,8 +6,7 @@ implementations live in :mod:`kedsl_metrics.measures` and are imported when meas
 """
 from __future__ import annotations
 
-from kedsl.hookspecs import hookimpl
-from kedsl.specs import MetricSpec
+from kedsl.plugin import MetricSpec, hookimpl
 
 _IMPL = "kedsl_metrics.measures:"
 

@@ -12,9 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from kedsl.evaluation import EvalCase, MetricResult, Pair
-from kedsl.model.handle import LoadedModel
-from kedsl.scoring import encode_prompt, greedy, greedy_ids, score_encoded, teacher_forced
+from kedsl.plugin import EvalCase, LoadedModel, Metric, MetricResult, Pair
+from kedsl.toolkit.scoring import encode_prompt, greedy, greedy_ids, score_encoded, teacher_forced
 from kedsl.toolkit.tokens import Encoded, encode_pair
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ def _answered(pairs: Sequence[Pair], default: str) -> list[tuple[str, str]]:
 
 
 # -- teacher-forced accuracy: efficacy, generalization, portability ------------------------
-class _PairAccuracy:
+class _PairAccuracy(Metric):
     """Mean teacher-forced token accuracy over one field's (prompt, answer) pairs."""
 
     def pairs(self, case: EvalCase) -> list[Pair]:
@@ -80,7 +79,7 @@ class Generalization(_PairAccuracy):
         return case.paraphrase
 
 
-class Portability:
+class Portability(Metric):
     """Accuracy per portability key; the value is the mean of the per-key means."""
 
     def measure(self, model: LoadedModel, cases: list[EvalCase], baselines: list[Any] | None = None) -> list[MetricResult]:
@@ -116,7 +115,7 @@ class LocalityBaseline:
     argmax: list[list[int]]
 
 
-class Locality:
+class Locality(Metric):
     """Share of answer positions where the edited model's argmax equals the unedited
     model's (measured by :meth:`baseline` before the edit), mean over prompts.
 
@@ -187,7 +186,7 @@ def text_fluency(text: str) -> float:
     return (2 / 3 * ngram_entropy(toks, 2) + 4 / 3 * ngram_entropy(toks, 3)) / 2
 
 
-class Fluency:
+class Fluency(Metric):
     """Greedy generation of up to ``FLUENCY_NEW_TOKENS`` new tokens from each edit prompt
     and generation prompt; the mean over texts of :func:`text_fluency`, ×100 as the papers
     print it. As in the ROME evaluation, a text is the prompt followed by its
@@ -232,7 +231,7 @@ class FluencyUnrelated(Fluency):
 
 
 # -- generation-based efficacy -------------------------------------------------------------
-class EfficacyGen:
+class EfficacyGen(Metric):
     """1 for an edit prompt if greedy decoding of n+5 tokens (n = target tokens), stripped
     of leading whitespace, starts with the target; mean over the edit prompts."""
 
@@ -256,7 +255,7 @@ class EfficacyGen:
 
 
 # -- CounterFact scores --------------------------------------------------------------------
-class _Comparison:
+class _Comparison(Metric):
     """Share of prompts where log P(a | p) > log P(b | p), whole-sequence probabilities."""
 
     def triples(self, case: EvalCase) -> list[tuple[str, str, str]]:

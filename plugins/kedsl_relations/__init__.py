@@ -6,8 +6,7 @@ own relation, or override a built-in one. The catalogue itself lives in
 """
 from __future__ import annotations
 
-from kedsl.hookspecs import hookimpl
-from kedsl.specs import Relation
+from kedsl.plugin import Relation, hookimpl
 
 from .catalogue import RELATIONS
 

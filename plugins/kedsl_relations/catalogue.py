@@ -17,7 +17,7 @@ Pure data: importing this module imports nothing beyond kedsl.specs.
 """
 from __future__ import annotations
 
-from kedsl.specs import Relation
+from kedsl.plugin import Relation
 
 
 def _relation(rid: str, aliases: tuple[str, ...], template: str, *paraphrases: str, doc: str) -> Relation:

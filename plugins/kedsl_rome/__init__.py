@@ -3,63 +3,18 @@ Associations in GPT").
 
 ROME treats the MLP output projection of one layer as a key→value memory and writes one
 fact with a rank-one update. The implementation (:mod:`kedsl_rome.rome`) is built from
-the shared toolkit (:mod:`kedsl.toolkit`); this module holds only descriptors and must
-stay importable without torch.
+the shared toolkit (:mod:`kedsl.toolkit`); its parameters are declared once, in
+:mod:`kedsl_rome.config`. This module holds only descriptors and must stay importable
+without torch.
 """
 from __future__ import annotations
 
-from kedsl.hookspecs import hookimpl
-from kedsl.params import Param, Preset
-from kedsl.specs import MethodSpec
+from kedsl.plugin import MethodSpec, hookimpl
 
-PARAMS = (
-    Param("layer", "int|auto", 6, "layer whose MLP output projection is edited; auto: where causal tracing of the model finds the MLP effect at the subject's last token peaks (kedsl locate)", min=0),
-    Param("v_lr", "float", 0.5, "Adam learning rate of the value search", min=1e-5, max=10.0),
-    Param("v_steps", "int", 25, "maximum optimisation steps of the value search", min=1, max=500),
-    Param("v_weight_decay", "float", 1e-3, "penalty on ||delta||^2 / ||v0||^2 in the value search", min=0.0),
-    Param("v_nll_tol", "float", 0.05, "stop the value search once the target NLL is below this", min=0.0),
-    Param("kl_factor", "float", 0.0625, "weight of the KL term keeping '{subject} is a' predictions", min=0.0),
-    Param("clamp_norm_factor", "float", 4.0, "bound on ||delta|| relative to the unedited MLP output", min=0.0),
-    Param("mom2_samples", "int", 8192, "tokens of the statistics corpus for C = E[k k^T]", min=1),
-    Param(
-        "mom2_update_weight",
-        "float",
-        15000.0,
-        "lambda in u = (lambda*C + I)^-1 k*: large -> C^-1 k* (the paper), 0 -> no covariance",
-        min=0.0,
-    ),
-    Param("stats_corpus", "str", "model", "statistics corpus: 'model' (sampled from the model), a .txt/.jsonl file, or a datasets name"),
-    Param("context_count", "int", 5, "generated context templates per length (0: plain prompt only)", min=0, max=50),
-    Param("context_lengths", "list[int]", [5, 10], "token lengths of the generated context templates"),
-    Param("seed", "int", None, "seed for context templates and the statistics corpus (default: the run's seed)", min=0),
-    Param(
-        "edit_aware_search",
-        "bool",
-        True,
-        "value search runs the layer as the rank-one edit will (delta * d^T k at every token); off = the paper's delta added at the subject's last token",
-    ),
-    Param("bf16", "bool", None, "bf16 autocast in the value search (default: on only where the CPU has native bf16, AMX or AVX512-BF16; off = exact fp32)"),
-)
+from .config import PRESETS, ROMEConfig
 
-# Chosen on SmolLM2-135M-Instruct (30 layers) by bench/rome_layer_sweep.py; see
-# kedsl_rome.rome.LAYER_SWEEP for the table.
-PRESETS = (
-    Preset(
-        family="llama",
-        values={"layer": 6, "v_lr": 5.0},
-        measured_by=(
-            "SmolLM2-135M-Instruct, ZsRE records 0-199 (bench/rome_layer_sweep.py): layer 4 0.982/0.832/0.960, "
-            "layer 6 0.996/0.861/0.956, layer 8 1.000/0.864/0.952 (efficacy/generalization/locality); 6 and 8 tie, "
-            "6 keeps more locality. v_lr 5.0: record 0 at lr 0.5 left the target NLL at 3.7 after 8 steps "
-            "(the MLP output there has norm ~35), lr 5.0 reached 0.07. See kedsl_rome.rome.LAYER_SWEEP"
-        ),
-    ),
-    Preset(
-        family="gpt2",
-        values={"layer": 5, "bf16": False},
-        measured_by="not measured here (no GPT-2 checkpoint offline): ~0.35 of depth as in Meng et al. 2022 (layer 17/48 of GPT-2 XL) for 12-layer GPT-2; tests check only mechanics",
-    ),
-)
+#: The declared parameters (derived from :class:`ROMEConfig`).
+PARAMS = ROMEConfig.params()
 
 
 @hookimpl
@@ -68,10 +23,11 @@ def register_methods() -> list[MethodSpec]:
         MethodSpec(
             name="rome",
             implementation="kedsl_rome.rome:ROME",
-            params=PARAMS,
+            config=ROMEConfig,
             doc="Rank-One Model Editing: one fact per edit, rank-one update of one MLP output projection.",
             supports_batch=False,
             supports_sequential=True,
             presets=PRESETS,
+            kinds=("edit",),
         )
     ]

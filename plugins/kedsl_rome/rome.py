@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from kedsl.editing import EditContext, EditOutcome, EditRequest
-from kedsl.errors import UsageError
-from kedsl.params import config_values
-from kedsl.model.handle import LoadedModel
+from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method, UsageError
 from kedsl.toolkit.context import context_templates
 from kedsl.toolkit.multilayer import compute_keys
 from kedsl.toolkit.optimize import Fact, ValueSearchConfig, search_values
+from kedsl.toolkit.scoring import teacher_forced
 from kedsl.toolkit.stats import second_moment
+from kedsl.toolkit.tracing import auto_layer
+
+from .config import ROMEConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,41 +55,15 @@ On records 0-99 layer 6 gives 0.991 / 0.845 / 0.952 (before the edit-aware searc
 0.940 / 0.791 / 0.977)."""
 
 
-@dataclass
-class ROMEConfig:
-    """ROME's parameters (see kedsl_rome.PARAMS for the documentation of each)."""
-
-    layer: int = 6
-    v_lr: float = 0.5
-    v_steps: int = 25
-    v_weight_decay: float = 1e-3
-    v_nll_tol: float = 0.05
-    kl_factor: float = 0.0625
-    clamp_norm_factor: float = 4.0
-    mom2_samples: int = 8192
-    mom2_update_weight: float = 15000.0
-    stats_corpus: str = "model"
-    context_count: int = 5
-    context_lengths: list[int] = field(default_factory=lambda: [5, 10])
-    seed: int = 0
-    bf16: bool | None = None  # None: auto (kedsl.toolkit.precision)
-    edit_aware_search: bool = True
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any], default_seed: int = 0, model: LoadedModel | None = None) -> "ROMEConfig":
-        """The config for resolved ``params``; ``layer="auto"`` is chosen by causal tracing
-        of ``model`` (:func:`kedsl.toolkit.tracing.auto_layer`, cached per model)."""
-        values = config_values(cls, params, "rome", default_seed)
-        if values.get("layer") == "auto":
-            if model is None:
-                raise UsageError("layer=auto needs the model", "it is resolved when the edit runs")
-            from kedsl.toolkit.tracing import auto_layer
-
-            values["layer"] = auto_layer(model)
-        return cls(**values)
-
-    def value_search(self) -> ValueSearchConfig:
-        return ValueSearchConfig.from_method(self)
+def configure(params: dict[str, Any], default_seed: int = 0, model: LoadedModel | None = None) -> ROMEConfig:
+    """The configuration for resolved ``params``; ``layer="auto"`` is chosen by causal
+    tracing of ``model`` (:func:`kedsl.toolkit.tracing.auto_layer`, cached per model)."""
+    cfg = ROMEConfig.from_params(params, default_seed)
+    if cfg.layer == "auto":
+        if model is None:
+            raise UsageError("layer=auto needs the model", "it is resolved when the edit runs")
+        cfg.layer = auto_layer(model)
+    return cfg
 
 
 def compute_key(model: LoadedModel, layer: int, request: EditRequest, templates: list[str]) -> torch.Tensor:
@@ -113,13 +87,13 @@ def update_direction(key: torch.Tensor, mom2: torch.Tensor | None, update_weight
     return u / denom
 
 
-class ROME:
+class ROME(Method):
     """The method class named by kedsl_rome's MethodSpec."""
 
     def touches(self, model: LoadedModel, params: dict[str, Any]) -> list[str]:
         """The parameters an edit with ``params`` changes (for ``kedsl plan``): the chosen
         layer's MLP output projection."""
-        cfg = ROMEConfig.from_params(params, model=model)
+        cfg = configure(params, model=model)
         model.check_layer(cfg.layer)
         return [model.mlp_out_weight_name(cfg.layer)]
 
@@ -129,7 +103,7 @@ class ROME:
                 f"rome edits one fact at a time; got a batch of {len(requests)}",
                 "edit them one after another, or use a batch method such as memit",
             )
-        cfg = ROMEConfig.from_params(params, context.seed, model)
+        cfg = configure(params, context.seed, model)
         request = requests[0]
         model.check_layer(cfg.layer)
         if request.kind != "edit":
@@ -144,7 +118,7 @@ class ROME:
         t_stats = time.perf_counter() - t0
 
         templates = context_templates(model, cfg.context_lengths, cfg.context_count, cfg.seed)
-        search_cfg = cfg.value_search()
+        search_cfg = ValueSearchConfig.from_method(cfg)
         key = compute_key(model, cfg.layer, request, templates)
         right = update_direction(key, mom2, cfg.mom2_update_weight)
 
@@ -183,7 +157,5 @@ class ROME:
 
 def _target_prob(model: LoadedModel, request: EditRequest) -> float:
     """P(target | prompt) after the edit (teacher-forced, product over target tokens)."""
-    from kedsl.scoring import teacher_forced
-
     score = teacher_forced(model, [(request.prompt, request.target)])[0]
     return float(torch.tensor(score.logprob).exp())

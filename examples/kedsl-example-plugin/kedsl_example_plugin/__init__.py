@@ -1,14 +1,18 @@
 """kedsl-example-plugin: a minimal third-party kedsl plugin.
 
-It contributes one metric, ``target_probability``. This module only describes the metric
-(a torch-free :class:`kedsl.specs.MetricSpec`); the implementation lives in
-:mod:`kedsl_example_plugin.target_probability` and is imported only when a run measures
-the metric, so ``kedsl check`` and ``kedsl plugins`` stay fast.
+It contributes one metric, ``target_probability``, and one method, ``gradient_step``. This module
+only describes them (torch-free descriptors from :mod:`kedsl.plugin`: a ``MetricSpec``,
+and a ``MethodSpec`` whose parameters are the fields of :class:`GradientStepConfig`); the
+implementations live in :mod:`kedsl_example_plugin.target_probability` and
+:mod:`kedsl_example_plugin.gradient_step` and are imported only when a run uses them, so
+``kedsl check`` and ``kedsl plugins`` stay fast.
 """
 from __future__ import annotations
 
-from kedsl.hookspecs import hookimpl
-from kedsl.specs import MetricSpec
+from dataclasses import dataclass
+from typing import ClassVar
+
+from kedsl.plugin import MethodConfig, MethodSpec, MetricSpec, hookimpl, param
 
 __version__ = "0.1.0"
 
@@ -27,6 +31,32 @@ TARGET_PROBABILITY = MetricSpec(
 )
 
 
+@dataclass
+class GradientStepConfig(MethodConfig):
+    """``gradient_step``'s parameters: declared once, here; ``kedsl check`` validates them."""
+
+    method: ClassVar[str] = "gradient_step"
+
+    layer: int = param(1, "layer whose MLP output projection takes the steps", min=0)
+    steps: int = param(10, "gradient steps on the target's cross-entropy", min=1, max=1000)
+    lr: float = param(0.05, "step size of each gradient step", min=0.0, max=10.0)
+
+
+GRADIENT_STEP = MethodSpec(
+    name="gradient_step",
+    implementation="kedsl_example_plugin.gradient_step:GradientStep",
+    config=GradientStepConfig,
+    doc="A few plain gradient steps on one MLP output projection (a teaching example, not a good editor).",
+    supports_batch=True,
+    kinds=("edit", "insert"),  # it trains towards a target: nothing to train towards when erasing
+)
+
+
 @hookimpl
 def register_metrics() -> list[MetricSpec]:
     return [TARGET_PROBABILITY]
+
+
+@hookimpl
+def register_methods() -> list[MethodSpec]:
+    return [GRADIENT_STEP]

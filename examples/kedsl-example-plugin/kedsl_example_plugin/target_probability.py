@@ -1,15 +1,14 @@
-"""The ``target_probability`` metric (imports torch through kedsl.scoring)."""
+"""The ``target_probability`` metric (imports torch through kedsl.toolkit.scoring)."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from kedsl.evaluation import EvalCase, MetricResult
-from kedsl.model import LoadedModel
-from kedsl.scoring import teacher_forced
+from kedsl.plugin import EvalCase, LoadedModel, Metric, MetricResult
+from kedsl.toolkit.scoring import teacher_forced
 
 
-class TargetProbability:
+class TargetProbability(Metric):
     """Whole-sequence probability of the new target after each edit prompt.
 
     For an edit prompt ``p`` and target tokens ``t_1..t_n`` (tokenized jointly with ``p``

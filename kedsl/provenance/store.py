@@ -1,6 +1,7 @@
 """The provenance store: what ran, on which model, with what outcome (SQLite via sqlite-utils).
 
-Tables (schema version in ``PRAGMA user_version``, upgraded by :data:`MIGRATIONS`):
+Tables (schema version in ``PRAGMA user_version``, upgraded by the migrations of
+:mod:`kedsl.provenance.schema`):
 
 - ``kedsl_meta``: marks the file as a kedsl store (a foreign SQLite file is refused) and
   holds the *anchor* of the event log: ``head_count`` and ``head_hash``, updated in the
@@ -14,15 +15,16 @@ Tables (schema version in ``PRAGMA user_version``, upgraded by :data:`MIGRATIONS
 - ``events``: an append-only log; each row carries the SHA-256 of its content chained
   to the previous row's hash. Every write to the other tables is one transaction that
   also appends the event describing it, so the tables can be checked against the log
-  (:mod:`kedsl.audit`).
+  (:mod:`kedsl.provenance.verify`).
 
 Outcome tensors are stored as content-addressed safetensors files in ``<db>.blobs/``
 (``before::NAME`` / ``after::NAME``; never pickle), written to a temporary name, flushed
 and renamed, so a crash never leaves a partial blob under its final name.
 
 The file is opened in WAL mode with a busy timeout (``$KEDSL_BUSY_TIMEOUT`` seconds,
-default 30) so that several processes can write to it at once. This module imports no
-torch except in :meth:`Store.save_outcome` / :meth:`Store.load_outcome`.
+default 30) so that several processes can write to it at once. Every SQL statement of
+kedsl is in this class: the audit modules read through its methods. This module imports
+no torch except in :meth:`Store.save_outcome` / :meth:`Store.load_outcome`.
 """
 from __future__ import annotations
 
@@ -41,18 +43,17 @@ from typing import Any, Iterator
 
 import sqlite_utils
 
-from .errors import StoreError
+from ..errors import StoreError
+from ..files import fsync_dir, pid_alive
+from ..records import canonical_json
+from .schema import GENESIS, MIGRATIONS, RUN_FIELDS, RUN_STATUSES, SCHEMA_VERSION, event_hash
+
+__all__ = ["GENESIS", "SCHEMA_VERSION", "Store", "canonical_json", "event_hash"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
 DEFAULT_BUSY_TIMEOUT_S = 30.0
-GENESIS = "0" * 64
 SQLITE_HEADER = b"SQLite format 3\x00"
-
-#: Run statuses. ``running`` stays on a run whose process died; the next writer on the
-#: same host marks it ``interrupted``.
-RUN_STATUSES = ("running", "ok", "expectations_failed", "aborted", "failed", "interrupted")
 
 _NOT_OVERWRITTEN = "kedsl never overwrites it; pass another path with --db or restore the file from a backup"
 
@@ -67,114 +68,6 @@ def busy_timeout_s() -> float:
     except ValueError:
         raise StoreError(f"KEDSL_BUSY_TIMEOUT must be a number of seconds, not {raw!r}") from None
     return max(0.0, value)
-
-
-def canonical_json(obj: Any) -> str:
-    """The one JSON spelling hashed everywhere: sorted keys, no spaces, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-_canonical = canonical_json  # the name earlier code used
-
-
-# -- schema ------------------------------------------------------------------------------
-def _migrate_v1(db: sqlite_utils.Database) -> None:
-    db["kedsl_meta"].create({"key": str, "value": str}, pk="key")
-    db["runs"].create(
-        {
-            "id": str,
-            "started": float,
-            "ended": float,
-            "status": str,
-            "script_path": str,
-            "script_text": str,
-            "script_sha256": str,
-            "argv": str,
-            "user": str,
-            "host": str,
-            "versions": str,  # JSON: kedsl, torch, transformers, plugins
-            "seed": int,
-            "model_ref": str,
-            "model_source": str,
-            "fingerprint_before": str,
-            "fingerprint_after": str,
-            "saved_to": str,
-            "parent_run": str,  # lineage: the run whose output fingerprint is our input
-        },
-        pk="id",
-    )
-    db["edits"].create(
-        {
-            "id": str,
-            "run_id": str,
-            "seq": int,
-            "subject": str,
-            "request": str,  # JSON
-            "method": str,
-            "params": str,  # JSON, after presets
-            "status": str,  # applied | rolled_back | failed | skipped
-            "seconds": float,
-            "info": str,  # JSON, method diagnostics
-            "outcome_sha256": str,
-            "error": str,
-        },
-        pk="id",
-        foreign_keys=[("run_id", "runs", "id")],
-    )
-    db["metric_results"].create(
-        {
-            "id": int,
-            "edit_id": str,
-            "metric": str,
-            "value": float,
-            "op": str,
-            "threshold": float,
-            "passed": int,
-            "n": int,
-            "details": str,
-        },
-        pk="id",
-        foreign_keys=[("edit_id", "edits", "id")],
-    )
-    db["events"].create(
-        {"id": int, "run_id": str, "at": float, "kind": str, "payload": str, "prev_hash": str, "hash": str},
-        pk="id",
-    )
-    db["edits"].create_index(["run_id"])
-    db["runs"].create_index(["fingerprint_after"])
-
-
-def _migrate_v2(db: sqlite_utils.Database) -> None:
-    """Run kinds (apply/revert/replay), crash bookkeeping, the log anchor."""
-    runs = db["runs"]
-    for column, kind in [
-        ("kind", str),  # apply | revert | replay
-        ("cwd", str),
-        ("pid", int),
-        ("on_fail", str),
-        ("model_path", str),  # the resolved local path of the base model, when it has one
-        ("reverts_edit", str),
-        ("replay_of", str),
-        ("error", str),
-    ]:
-        runs.add_column(column, kind)
-    db.execute("UPDATE runs SET kind = 'apply' WHERE kind IS NULL")
-    db["edits"].add_column("attachments", str)  # JSON list: {kind, method, digest, blob} per attachment
-    db["events"].create_index(["run_id"])
-    row = db.execute("SELECT COUNT(*), (SELECT hash FROM events ORDER BY id DESC LIMIT 1) FROM events").fetchone()
-    db["kedsl_meta"].upsert_all(
-        [{"key": "head_count", "value": str(row[0])}, {"key": "head_hash", "value": row[1] or GENESIS}], pk="key"
-    )
-
-
-MIGRATIONS = {1: _migrate_v1, 2: _migrate_v2}
-
-#: Columns of ``runs`` a caller may set through :meth:`Store.begin_run` / :meth:`Store.end_run`.
-RUN_FIELDS = {
-    "kind", "script_path", "script_text", "script_sha256", "argv", "cwd", "versions", "seed", "on_fail",
-    "model_ref", "model_source", "model_path", "fingerprint_before", "fingerprint_after", "saved_to",
-    "reverts_edit", "replay_of", "error",
-}  # fmt: skip
 
 
 class Store:
@@ -373,7 +266,7 @@ class Store:
         stale = [
             r["id"]
             for r in self.db.query("SELECT id, pid FROM runs WHERE status = 'running' AND host = ?", [host])
-            if r["pid"] and r["pid"] != os.getpid() and not _pid_alive(r["pid"])
+            if r["pid"] and r["pid"] != os.getpid() and not pid_alive(r["pid"])
         ]
         for run_id in stale:
             with self._immediate():
@@ -453,7 +346,7 @@ class Store:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
-            _fsync_dir(self.blob_dir)
+            fsync_dir(self.blob_dir)
         return digest
 
     def _read_blob(self, sha256: str, what: str = "blob") -> bytes:
@@ -477,8 +370,6 @@ class Store:
 
     def load_attachment(self, sha256: str) -> tuple[dict[str, Any], dict[str, Any], str, str]:
         """``(tensors, config, kind, method)`` of an attachment blob (SHA-256 checked)."""
-        import json
-
         from safetensors import safe_open
         from safetensors.torch import load
 
@@ -522,11 +413,51 @@ class Store:
     def metric_results(self, edit_id: str) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM metric_results WHERE edit_id = ? ORDER BY id", [edit_id]))
 
+    def ids_starting_with(self, prefix: str) -> tuple[list[str], list[str]]:
+        """The run ids and edit ids that begin with ``prefix`` (taken literally)."""
+        like = prefix.replace("%", "").replace("_", "\\_") + "%"
+        runs = [r[0] for r in self.db.execute("SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\'", [like])]
+        edits = [r[0] for r in self.db.execute("SELECT id FROM edits WHERE id LIKE ? ESCAPE '\\'", [like])]
+        return runs, edits
 
-def event_hash(event: dict[str, Any]) -> str:
-    """The SHA-256 of an event's content and the previous event's hash."""
-    content = {k: event[k] for k in ("id", "run_id", "at", "kind", "payload", "prev_hash")}
-    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+    def edits_sharing_outcome(self, edit: dict[str, Any]) -> list[str]:
+        """The other applied edits of ``edit``'s run with the same outcome (weights or
+        attachments): the members of one batch."""
+        return [r[0] for r in self.db.execute(
+            "SELECT id FROM edits WHERE run_id = ? AND id != ? AND status = 'applied' AND "
+            "((outcome_sha256 IS NOT NULL AND outcome_sha256 = ?) OR (attachments != '[]' AND attachments = ?))",
+            [edit["run_id"], edit["id"], edit["outcome_sha256"], edit["attachments"]],
+        )]  # fmt: skip
+
+    # -- reading for verification: the tables as they are ------------------------------
+    def unfinished_runs(self) -> list[str]:
+        """Runs still ``running`` or ``interrupted``."""
+        return [r["id"] for r in self.db.query("SELECT id FROM runs WHERE status IN ('running', 'interrupted')")]
+
+    def run_rows(self) -> list[dict[str, Any]]:
+        """Every row of ``runs``, in table order."""
+        return list(self.db.query("SELECT * FROM runs"))
+
+    def edit_rows(self) -> list[dict[str, Any]]:
+        """Every row of ``edits``, in table order."""
+        return list(self.db.query("SELECT * FROM edits"))
+
+    def orphan_metric_results(self) -> int:
+        """How many metric results belong to no edit."""
+        return self.db.execute("SELECT COUNT(*) FROM metric_results WHERE edit_id NOT IN (SELECT id FROM edits)").fetchone()[0]
+
+    def edit_outcome_blobs(self) -> list[dict[str, Any]]:
+        """``id`` and ``outcome_sha256`` of every edit with an outcome blob, by id."""
+        return list(self.db.query("SELECT id, outcome_sha256 FROM edits WHERE outcome_sha256 IS NOT NULL ORDER BY id"))
+
+    def edit_attachment_records(self) -> list[dict[str, Any]]:
+        """``id`` and ``attachments`` (JSON) of every edit that added attachments."""
+        return list(self.db.query("SELECT id, attachments FROM edits WHERE attachments IS NOT NULL AND attachments != '[]'"))
+
+    def event_hash_at(self, event_id: int) -> str | None:
+        """The hash the log holds for event ``event_id`` (None if there is no such event)."""
+        row = self.db.execute("SELECT hash FROM events WHERE id = ?", [event_id]).fetchone()
+        return row[0] if row else None
 
 
 def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
@@ -549,36 +480,6 @@ def _jsonish(v: Any) -> Any:
     if isinstance(v, (dict, list, tuple)):
         return canonical_json(v)
     return v
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    except OSError:
-        return False
-    # A zombie (killed, not yet reaped by its parent) is gone for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().split(b") ")[-1][:1] != b"Z"
-    except OSError:
-        return True
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _user() -> str:

@@ -8,16 +8,16 @@ the built-ins in ``plugins/`` are (see pyproject.toml)::
 
 and implementing any of the hooks below with the :data:`hookimpl` marker::
 
-    from kedsl.hookspecs import hookimpl
-    from kedsl.specs import MetricSpec
+    from kedsl.plugin import MetricSpec, hookimpl
 
     @hookimpl
     def register_metrics():
         return [MetricSpec(name="my_metric", implementation="my_package.impl:MyMetric")]
 
-Each hook returns a list of descriptors from :mod:`kedsl.specs`. A plugin module's top
-level must stay importable without torch (import heavy code inside the implementation
-named by the descriptor), so that ``kedsl check`` stays fast.
+Each hook returns a list of descriptors (:mod:`kedsl.registry.specs`, all importable from
+:mod:`kedsl.plugin`). A plugin module's top level must stay importable without torch
+(import heavy code inside the implementation named by the descriptor), so that
+``kedsl check`` stays fast.
 """
 from __future__ import annotations
 
@@ -33,15 +33,16 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec
 def register_methods() -> list[MethodSpec]:
     """Editing methods. Each :class:`~kedsl.specs.MethodSpec` declares the method's name,
-    its parameter schema (types, defaults, ranges: validated by ``check``), per-family
-    presets, whether it supports ``batch`` blocks and sequential editing, and the class
-    implementing :class:`kedsl.editing.EditMethod`."""
+    its parameters (a :class:`~kedsl.registry.params.MethodConfig` whose fields carry
+    types, defaults and ranges: validated by ``check``), per-family presets, the kinds of
+    change it accepts, whether it supports ``batch`` blocks and sequential editing, and
+    the class implementing :class:`kedsl.editing.method.Method`."""
 
 
 @hookspec
 def register_metrics() -> list[MetricSpec]:
     """Metrics usable in ``expect`` statements and in ``kedsl bench``. The implementation
-    follows :class:`kedsl.evaluation.Metric`."""
+    follows :class:`kedsl.evaluation.metric.Metric`."""
 
 
 @hookspec

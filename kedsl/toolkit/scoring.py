@@ -27,9 +27,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .model.handle import LoadedModel
-from .toolkit.activations import accepts_logits_to_keep, cache_keyword, make_batch, returned_cache
-from .toolkit.tokens import Encoded, encode_pair
+from ..model.handle import LoadedModel
+from .activations import accepts_logits_to_keep, cache_keyword, make_batch, pad_id, returned_cache
+from .tokens import Encoded, encode_pair
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,6 @@ class TFScore:
         return self.logprob / len(self.target_ids)
 
 
-def _pad_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
-        v = getattr(tokenizer, attr, None)
-        if v is not None:
-            return int(v)
-    return 0  # masked out anyway; any valid id will do
-
-
 def _padded(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b = make_batch(rows, pad, device, side="left")
     return b.input_ids, b.attention_mask, b.position_ids
@@ -85,7 +77,7 @@ def score_encoded(model: LoadedModel, encoded: Sequence[Encoded], batch_size: in
         if not e.target_ids or e.prompt_len < 1:
             raise ValueError("every encoded pair needs at least one prompt token and one target token")
     net = model.model
-    pad = _pad_id(model.tokenizer)
+    pad = pad_id(model.tokenizer)
     keep_ok = accepts_logits_to_keep(net)
     out: list[TFScore | None] = [None] * len(encoded)
     # What the model is fed: an in-context memory (IKE) may prepend to each prompt; the
@@ -165,7 +157,7 @@ def greedy_ids(
     if model.attachments:  # an in-context memory (IKE) may prepend to each prompt
         prompt_ids = [model.contextualize(list(p)) for p in prompt_ids]
     net = model.model
-    pad = _pad_id(model.tokenizer)
+    pad = pad_id(model.tokenizer)
     eos = getattr(model.tokenizer, "eos_token_id", None) if stop_at_eos else None
     keep_ok = accepts_logits_to_keep(net)
     cache_kw = cache_keyword(net)

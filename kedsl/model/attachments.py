@@ -18,17 +18,23 @@ adapter files) and ``merged_deltas`` when it can be folded into the weights.
 from __future__ import annotations
 
 import abc
-import contextlib
 import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 
-if TYPE_CHECKING:
-    from .model.handle import LoadedModel
+from ..errors import ModelError, PluginError
+from ..registry.specs import load_object
+from .fingerprint import hash_tensors
+from .handle import LoadedModel, detached, install, uninstall
+
+__all__ = [
+    "ATTACHMENTS_DIR", "Attachment", "attachments_digest", "detached", "install", "load_attachments",
+    "save_attachments", "uninstall",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +54,11 @@ class Attachment(abc.ABC):
 
     # -- installing ----------------------------------------------------------------
     @abc.abstractmethod
-    def attach(self, model: "LoadedModel") -> None:
+    def attach(self, model: LoadedModel) -> None:
         """Install on ``model`` (forward hooks, injected modules, prompt context)."""
 
     @abc.abstractmethod
-    def detach(self, model: "LoadedModel") -> None:
+    def detach(self, model: LoadedModel) -> None:
         """Remove from ``model``, leaving it exactly as before :meth:`attach`."""
 
     # -- content -------------------------------------------------------------------
@@ -82,15 +88,13 @@ class Attachment(abc.ABC):
         config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
         return cls.from_state(tensors, config)
 
-    def merged_deltas(self, model: "LoadedModel") -> dict[str, torch.Tensor] | None:
+    def merged_deltas(self, model: LoadedModel) -> dict[str, torch.Tensor] | None:
         """Weight deltas equivalent to this attachment (``save ... merged``), keyed by
         parameter name of the plain model; None when it cannot be folded into weights."""
         return None
 
     def digest(self) -> str:
         """SHA-256 over kind, config and tensors (names, dtypes, shapes, bytes)."""
-        from .model.handle import hash_tensors
-
         tensors, config = self.state()
         h = hashlib.sha256()
         h.update(self.kind.encode())
@@ -103,46 +107,7 @@ class Attachment(abc.ABC):
         return {"kind": self.kind, "method": self.method, "digest": self.digest()}
 
 
-# -- installing through the model's list -------------------------------------------------------
-def install(model: "LoadedModel", attachment: Attachment) -> None:
-    """Attach and register ``attachment`` on ``model`` (kept in ``model.attachments``)."""
-    if any(a is attachment for a in model.attachments):
-        raise RuntimeError(f"{attachment.kind} attachment is already installed")
-    attachment.attach(model)
-    model.attachments.append(attachment)
-
-
-def uninstall(model: "LoadedModel", attachment: Attachment) -> None:
-    """Detach ``attachment`` and drop it from ``model.attachments``."""
-    for i, a in enumerate(model.attachments):
-        if a is attachment:
-            # Later attachments may sit on top of this one (peft wraps wrapped modules):
-            # take them off, remove this one, put them back in order.
-            later = model.attachments[i + 1 :]
-            for b in reversed(later):
-                b.detach(model)
-            attachment.detach(model)
-            for b in later:
-                b.attach(model)
-            del model.attachments[i]
-            return
-    raise RuntimeError(f"{attachment.kind} attachment is not installed on this model")
-
-
-@contextlib.contextmanager
-def detached(model: "LoadedModel") -> Iterator[None]:
-    """The plain model for the duration (every attachment off, then back on in order)."""
-    live = list(model.attachments)
-    for a in reversed(live):
-        a.detach(model)
-    try:
-        yield
-    finally:
-        for a in live:
-            a.attach(model)
-
-
-def attachments_digest(model: "LoadedModel") -> str | None:
+def attachments_digest(model: LoadedModel) -> str | None:
     """SHA-256 over the installed attachments' digests in order (None when there are none)."""
     if not model.attachments:
         return None
@@ -153,7 +118,7 @@ def attachments_digest(model: "LoadedModel") -> str | None:
 
 
 # -- saving and loading -------------------------------------------------------------------------
-def save_attachments(model: "LoadedModel", directory: Path, skip: set[int] | None = None) -> list[dict[str, Any]]:
+def save_attachments(model: LoadedModel, directory: Path, skip: set[int] | None = None) -> list[dict[str, Any]]:
     """Write every installed attachment (but those whose index is in ``skip``) under
     ``directory/attachments``; return their entries for ``kedsl.json``."""
     entries: list[dict[str, Any]] = []
@@ -168,14 +133,10 @@ def save_attachments(model: "LoadedModel", directory: Path, skip: set[int] | Non
     return entries
 
 
-def load_attachments(model: "LoadedModel", directory: Path, entries: list[dict[str, Any]], registry: Any) -> None:
+def load_attachments(model: LoadedModel, directory: Path, entries: list[dict[str, Any]], registry: Any) -> None:
     """Install the attachments a saved model lists in ``kedsl.json`` (in order)."""
-    from .errors import ModelError
-
     for entry in entries:
         kind, method = entry.get("kind"), entry.get("method")
-        from .errors import PluginError
-
         try:
             spec = registry.method(method)
         except PluginError:
@@ -186,8 +147,6 @@ def load_attachments(model: "LoadedModel", directory: Path, entries: list[dict[s
         impl = dict(spec.attachments).get(kind)
         if impl is None:
             raise ModelError(f"method `{method}` does not declare attachments of kind `{kind}` (saved in {directory})")
-        from .specs import load_object
-
         cls = load_object(impl)
         att = cls.load(directory / entry["path"])
         if entry.get("digest") and att.digest() != entry["digest"]:

@@ -1,23 +1,16 @@
-"""The contract between the executor/benchmark and metric plugins.
+"""Evaluation cases: the prompts by which one edit is judged (metrics.md). Torch-free.
 
-An :class:`EvalCase` holds everything a metric may look at for one edit. A metric
-implementation (named by a :class:`kedsl.specs.MetricSpec`) provides::
-
-    class MyMetric:
-        def baseline(self, model, cases) -> list[Any]:      # only if spec.needs_baseline
-            ...                                              # measured on the unedited model
-        def measure(self, model, cases, baselines) -> list[MetricResult]:
-            ...
-
-Both take lists so implementations batch their forward passes across cases.
+The executor builds one :class:`EvalCase` per edit from its request and expectations;
+the benchmark readers (:mod:`kedsl.evaluation.datasets`) build them from benchmark
+records. Metrics (:mod:`kedsl.evaluation.metric`) read them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .editing import EditRequest
+    from ..editing.request import EditRequest
 
 # A (prompt, answer) pair. answer None (locality only) means "whatever the unedited model
 # says": the baseline takes the unedited model's greedy continuation as the answer.
@@ -53,16 +46,3 @@ class EvalCase:
             paraphrase=[(p, req.target) for p in req.paraphrases],
             **fields,
         )
-
-
-@dataclass
-class MetricResult:
-    """One metric's value for one case; ``value`` None when the case has no such prompts."""
-
-    value: float | None
-    n: int = 0  # how many prompts the value averages
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class Metric(Protocol):
-    def measure(self, model: Any, cases: list[EvalCase], baselines: list[Any] | None) -> list[MetricResult]: ...

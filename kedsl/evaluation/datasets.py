@@ -1,7 +1,7 @@
 """Benchmark readers: ZsRE (MEND/ROME evaluation format), KnowEdit JSON and CounterFact.
 
-Each record becomes a :class:`BenchCase`: the :class:`~kedsl.editing.EditRequest` to apply
-and the :class:`~kedsl.evaluation.EvalCase` that judges it (design/metrics.md). The format
+Each record becomes a :class:`BenchCase`: the :class:`~kedsl.editing.request.EditRequest` to apply
+and the :class:`~kedsl.evaluation.cases.EvalCase` that judges it (design/metrics.md). The format
 is detected from the first record's fields, or forced with ``format=``.
 
 Field mapping (the prompts metrics see):
@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .editing import EditRequest
-from .errors import DataError
-from .evaluation import EvalCase, Pair
+from ..editing.request import EditRequest
+from ..errors import DataError
+from .cases import EvalCase, Pair
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ metrics (design/metrics.md) as the paper's table.
 Modes:
 
 * ``single``: each edit is applied to the unedited model, measured, then undone
-  bit-exactly through its :class:`~kedsl.editing.EditOutcome` (the paper's setting);
+  bit-exactly through its :class:`~kedsl.editing.outcome.EditOutcome` (the paper's setting);
 * ``sequential``: the edits accumulate (method state carried across edits, as the
   executor does); every case is measured at the end, on the model holding all edits;
 * ``batch``: groups of ``batch_size`` requests in one method call (methods with
@@ -31,39 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import KedslError, UsageError, did_you_mean
-from .params import Param, Range, resolve_params, validate_params
-from .registry import Registry, get_registry
-from .specs import MethodSpec
+from ..cache import stats_dir
+from ..editing.method import refuse_undeclared_kinds
+from ..errors import KedslError, UsageError, did_you_mean
+from ..records import jsonable
+from ..registry import Registry, get_registry
+from ..registry.loader import software_versions
+from ..registry.params import Param, Range, resolve_params, validate_params
+from ..registry.specs import MethodSpec
+from .table import COUNTERFACT_METRICS, DEFAULT_METRICS, FLUENCY_METRICS, PRE_EFFICACY, render_table
 
 log = logging.getLogger(__name__)
 
 MODES = ("single", "sequential", "batch")
-PRE_EFFICACY = "pre_efficacy"
-PRE_FLUENCY = "pre_fluency"
-#: The paper's columns plus ours, in table order (metric names as in design/metrics.md).
-DEFAULT_METRICS = ("efficacy", "generalization", "portability", "locality", "fluency", "efficacy_gen", PRE_EFFICACY)
-COUNTERFACT_METRICS = ("es", "ps", "ns")
-LABELS = {
-    "efficacy": "Edit Succ.",
-    "generalization": "Generalization",
-    "portability": "Portability",
-    "locality": "Locality",
-    "fluency": "Fluency",
-    "efficacy_gen": "Efficacy (gen)",
-    PRE_EFFICACY: "Pre-edit Succ.",
-    PRE_FLUENCY: "Pre-edit Fluency",
-    "fluency_unrelated": "Fluency (unrelated)",
-    "pre_fluency_unrelated": "Pre-edit Fluency (unrelated)",
-    "es": "ES",
-    "ps": "PS",
-    "ns": "NS",
-}
-#: Metrics compared with their own pre-edit value: the table gets a "pre_" column for each.
-FLUENCY_METRICS = ("fluency", "fluency_unrelated")
-# Printed as-is (already x100, as the papers print fluency); the others are fractions
-# printed as percentages.
-UNSCALED = (*FLUENCY_METRICS, *(f"pre_{m}" for m in FLUENCY_METRICS))
 
 #: progress(done, total, message)
 Progress = Callable[[int, int, str], None]
@@ -235,13 +215,13 @@ def run_bench(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> BenchResult:
-    """Edit ``model`` with ``settings.method`` for each :class:`kedsl.data.BenchCase` and
+    """Edit ``model`` with ``settings.method`` for each :class:`~kedsl.evaluation.datasets.BenchCase` and
     measure the metrics. ``data`` (path, sha256, format, limit, offset) goes into the
     config as given. In single and batch mode the model ends as it started."""
     import torch
 
-    from .editing import EditContext, EditOutcome, WeightJournal
-    from .executor import jsonable, versions
+    from ..editing.outcome import EditContext, EditOutcome
+    from ..model.journal import WeightJournal
 
     registry = registry or get_registry()
     spec = check_settings(registry, settings)
@@ -250,8 +230,6 @@ def run_bench(
     params = resolve_params(spec.params, settings.params, spec.presets, model.arch.preset_family)
     say = progress or (lambda done, total, msg: None)
     if cache_dir is None:
-        from .cache import stats_dir
-
         cache_dir = stats_dir()
 
     evals = [c.case for c in cases]
@@ -324,6 +302,7 @@ def run_bench(
         torch.manual_seed(settings.seed)
         t0 = time.perf_counter()
         try:
+            refuse_undeclared_kinds(spec, reqs)
             outcome = method.apply(model, reqs, params, context)
         except KedslError as exc:
             context.rollback(model)
@@ -381,7 +360,7 @@ def run_bench(
         "metrics": table_metrics,
         "skipped_metrics": skipped,
         **(data or {}),
-        "versions": versions(registry),
+        "versions": software_versions(registry),
     }
     return BenchResult(config=config, cases=records, aggregate=aggregate, metrics=table_metrics, skipped=skipped)
 
@@ -416,53 +395,3 @@ def aggregate_cases(records: Sequence[dict[str, Any]], metrics: Sequence[str]) -
         counts[m] = len(vals)
     out["n"] = counts
     return out
-
-
-# -- the table -----------------------------------------------------------------------------
-def _fmt_value(metric: str, value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.2f}" if metric in UNSCALED else f"{100 * value:.2f}"
-
-
-def render_table(result: BenchResult) -> str:
-    """The paper-style table: one column per metric, value and the number of cases."""
-    cfg, agg = result.config, result.aggregate
-    where = cfg.get("data_path", "?")
-    sel = ""
-    if cfg.get("offset") or cfg.get("limit") is not None:
-        sel = f", records from {cfg.get('offset') or 0}" + (f", limit {cfg['limit']}" if cfg.get("limit") is not None else "")
-    lines = [
-        f"model   {cfg['model']} (fingerprint {cfg['model_fingerprint'][:16]})",
-        f"method  {cfg['method']}, mode {cfg['mode']}" + (f", batch size {cfg['batch_size']}" if cfg["mode"] == "batch" else ""),
-        "params  " + " ".join(f"{k}={_short(v)}" for k, v in cfg["params"].items()),
-        f"data    {where} ({cfg.get('format', '?')}{sel}): {agg['cases']} cases, {agg['failed']} failed",
-    ]
-    if cfg["mode"] == "sequential":
-        lines.append(f"edited  fingerprint after all edits {cfg['fingerprint_after'][:16]}")
-    elif cfg.get("edits_digest"):
-        lines.append(f"edited  digest of every edit's weights {cfg['edits_digest'][:16]} (compare runs for determinism)")
-    spe = agg.get("seconds_per_edit")
-    lines.append("speed   " + (f"{spe:.2f} s per edit (method only)" if spe is not None else "no edit succeeded"))
-    cols = [(LABELS.get(m, m), _fmt_value(m, agg.get(m)), f"n={agg['n'][m]}") for m in result.metrics]
-    cols += [(LABELS.get(m, m), "skipped", "") for m in result.skipped]
-    widths = [max(len(a), len(b), len(c)) for a, b, c in cols]
-    lines.append("")
-    lines.append("| " + " | ".join(a.rjust(w) for (a, _, _), w in zip(cols, widths)) + " |")
-    lines.append("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
-    lines.append("| " + " | ".join(b.rjust(w) for (_, b, _), w in zip(cols, widths)) + " |")
-    lines.append("| " + " | ".join(c.rjust(w) for (_, _, c), w in zip(cols, widths)) + " |")
-    lines.append("")
-    lines.append("Accuracies in % (teacher-forced, as the KnowEdit paper); fluency is the n-gram entropy x100;")
-    lines.append("n = cases each value averages (a case without such prompts, or whose edit failed, is not counted).")
-    if result.skipped:
-        lines.append("skipped (not in --metrics): " + ", ".join(result.skipped))
-    return "\n".join(lines)
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, list):
-        return ",".join(map(str, v))
-    return str(v)

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, did_you_mean
+from ..errors import PluginError, did_you_mean
 from .specs import ArchitectureSpec, MethodSpec, MetricSpec, ModelSourceSpec, PluginInfo, Relation
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Registry:
                         raise PluginError(
                             f"plugin `{plugin_name}`: {hook_name}() returned {type(item).__name__}, "
                             f"expected {cls.__name__}",
-                            "plugins must return descriptors from kedsl.specs",
+                            "plugins must return the descriptors of kedsl.plugin (MethodSpec, MetricSpec, ...)",
                         )
                     self._add(kind, item, plugin_name)
                     if info is not None:
@@ -169,7 +169,7 @@ class Registry:
         raise PluginError(
             f"no architecture plugin knows the model type `{model_type}`",
             "an architecture plugin must say where this family keeps its layers, MLP output "
-            "projection, attention, embeddings, final norm and LM head (kedsl.specs.ArchitectureSpec); "
+            "projection, attention, embeddings, final norm and LM head (kedsl.plugin.ArchitectureSpec); "
             f"known model types: {', '.join(known)}",
         )
 
@@ -179,6 +179,25 @@ class Registry:
 
 
 _default: Registry | None = None
+
+
+def software_versions(registry: Registry) -> dict[str, Any]:
+    """The versions a run records: kedsl, torch, transformers and every loaded plugin
+    (read from the installed distributions, so no heavy import is needed)."""
+    from .. import __version__
+
+    def installed(name: str) -> str | None:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    return {
+        "kedsl": __version__,
+        "torch": installed("torch"),
+        "transformers": installed("transformers"),
+        "plugins": {p.name: p.version for p in registry.plugins if not p.error},
+    }
 
 
 def get_registry() -> Registry:

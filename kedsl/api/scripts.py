@@ -1,28 +1,19 @@
-"""The public Python API: load a model, run a script or single edits, save.
-
-The CLI is a thin layer over these functions::
-
-    import kedsl
-
-    report = kedsl.apply("examples/eiffel.ke")          # a whole script, as `kedsl apply`
-
-    ed = kedsl.Editor("smollm2-135m")                   # or edit interactively
-    ed.edit("Eiffel Tower", "located_in", "Rome", method="rome",
-            expect=[kedsl.Expect("efficacy", op=">=", threshold=1.0)])
-    print(ed.generate("The Eiffel Tower is located in the city of"))
-    ed.save("out/eiffel-rome")
-"""
+"""Scripts: check, plan and apply a ``.ke`` script end to end (``kedsl apply``, ``kedsl
+plan``). Importing this module imports no torch; running a script does."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from .errors import UsageError
-from .lang import ast
-from .registry import Registry, get_registry
+from ..editing.request import EditRequest
+from ..lang import ScriptError, ast, check_source, read_script, resolve_edits
+from ..registry import Registry, get_registry
+from ..registry.loader import software_versions
+from ..registry.params import resolve_params
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +25,8 @@ def default_db_path() -> Path:
     return Path(os.environ.get("KEDSL_DB", DEFAULT_DB))
 
 
-def read_script(path: str | Path) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"no such script: {p}", "pass the path of a .ke file")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start})", "save the script as UTF-8") from None
-
-
 def load_checked(path: str | Path, registry: Registry | None = None) -> ast.Script:
     """Parse and check a script; raise :class:`kedsl.lang.ScriptError` if it is invalid."""
-    from .lang import ScriptError, check_source
-
     registry = registry or get_registry()
     source = read_script(path)
     script, diagnostics = check_source(source, str(path), registry)
@@ -58,9 +37,7 @@ def load_checked(path: str | Path, registry: Registry | None = None) -> ast.Scri
 
 def plan(script: ast.Script, registry: Registry | None = None) -> list[Any]:
     """The executor's view of a checked script: one PlannedEdit per edit, in order."""
-    from .editing import EditRequest
-    from .executor import PlannedEdit
-    from .lang import resolve_edits
+    from ..executor import PlannedEdit
 
     registry = registry or get_registry()
     planned = []
@@ -115,12 +92,12 @@ def apply(
 
     ``model`` may be an already loaded :class:`kedsl.model.LoadedModel` (skips loading).
     Relative ``save to`` paths are resolved against the current directory. ``record``
-    adds fields to the run's record (``kind``, ``replay_of``: see :mod:`kedsl.audit`).
+    adds fields to the run's record (``kind``, ``replay_of``: see :mod:`kedsl.api.history`).
     """
-    from .executor import Executor, RunReport, versions
-    from .model.loading import load_model
-    from .model.saving import save_model
-    from .store import Store
+    from ..executor import Executor, RunReport
+    from ..model.loading import load_model
+    from ..model.saving import save_model, saved_fingerprint
+    from ..provenance.store import Store
 
     registry = registry or get_registry()
     script = load_checked(script_path, registry)
@@ -140,8 +117,6 @@ def apply(
     if save_to is not None:
         save_to = save_to.expanduser().absolute()
 
-    import hashlib
-
     source = script.source  # the text the checker read: one read, one hash
     script_sha256 = hashlib.sha256(source.encode()).hexdigest()
     fp_before = model.fingerprint()
@@ -152,7 +127,7 @@ def apply(
         script_sha256=script_sha256,
         argv=argv if argv is not None else sys.argv,
         cwd=os.getcwd(),
-        versions=versions(registry),
+        versions=software_versions(registry),
         seed=seed,
         on_fail=policy,
         model_ref=model.ref,
@@ -177,8 +152,6 @@ def apply(
             # the directory should hold, and the saved files name the log entry (anchor).
             save_mode = script.save.mode if script.save else None
             if save_mode == "merged":  # adapters folded in: the saved weights differ
-                from .model.saving import saved_fingerprint
-
                 fp_after = report.fingerprint_after = saved_fingerprint(model, save_mode)
             head = store.record_saving(run_id, save_to, report.fingerprint_after)
             provenance = {
@@ -227,76 +200,6 @@ def apply(
             store.close()
 
 
-class Editor:
-    """Edit a model interactively (notebooks): the same executor as scripts use."""
-
-    def __init__(
-        self,
-        model: str | Any = "smollm2-135m",
-        *,
-        settings: dict[str, Any] | None = None,
-        on_fail: str = "rollback",
-        seed: int = 0,
-        registry: Registry | None = None,
-    ):
-        from .executor import Executor
-        from .model.loading import load_model
-
-        self.registry = registry or get_registry()
-        self.model = load_model(model, settings or {}, self.registry) if isinstance(model, str) else model
-        self.executor = Executor(self.model, self.registry, on_fail=on_fail, seed=seed)
-        self.reports: list[Any] = []
-
-    def edit(
-        self,
-        subject: str,
-        relation: str | None = None,
-        target: str = "",
-        *,
-        prompt: str | None = None,
-        old: str | None = None,
-        method: str = "rome",
-        params: dict[str, Any] | None = None,
-        expect: Iterable[ast.Expect] = (),
-    ) -> Any:
-        """Apply one edit (relation form, or a free ``prompt`` containing ``subject``)."""
-        from .editing import EditRequest
-        from .executor import PlannedEdit
-
-        if not target:
-            raise UsageError("an edit needs a non-empty target", "pass target=...")
-        paraphrases: list[str] = []
-        if prompt is None:
-            if relation is None:
-                raise UsageError("an edit needs a relation or a prompt", 'e.g. relation="located_in"')
-            rel = self.registry.relation(relation)
-            if rel is None:
-                from .errors import did_you_mean
-
-                raise UsageError(f"unknown relation `{relation}`", did_you_mean(relation, self.registry.relation_names()))
-            prompt = rel.prompt(subject)
-            paraphrases = rel.paraphrase_prompts(subject)
-        elif subject not in prompt:
-            raise UsageError(f"the subject {subject!r} does not occur in the prompt {prompt!r}")
-        self.registry.method(method)
-        req = EditRequest(subject=subject, prompt=prompt, target=target, old=old, relation=relation, paraphrases=paraphrases)
-        (report,) = self.executor.run([PlannedEdit(req, method, dict(params or {}), list(expect))])
-        self.reports.append(report)
-        return report
-
-    def generate(self, prompts: str | list[str], max_new_tokens: int = 20) -> str | list[str]:
-        from .model.generation import generate
-
-        single = isinstance(prompts, str)
-        out = generate(self.model, [prompts] if single else list(prompts), max_new_tokens=max_new_tokens)
-        return out[0] if single else out
-
-    def save(self, out_dir: str | Path) -> Path:
-        from .model.saving import save_model
-
-        return save_model(self.model, Path(out_dir), {"edits": [r.request.__dict__ for r in self.reports]})
-
-
 def plan_report(
     script_path: str | Path,
     *,
@@ -311,10 +214,9 @@ def plan_report(
     the target (teacher-forced efficacy 1.0 on the edit prompt, or its greedy text starts
     with the target). ``model`` may be an already loaded model (else the script's is
     loaded). The model's fingerprint is checked to be unchanged at the end."""
-    from .model.generation import generate
-    from .model.loading import load_model
-    from .params import resolve_params
-    from .scoring import teacher_forced
+    from ..model.loading import load_model
+    from ..toolkit.generation import generate
+    from ..toolkit.scoring import teacher_forced
 
     registry = registry or get_registry()
     script = load_checked(script_path, registry)
@@ -334,7 +236,8 @@ def plan_report(
         if spec.name not in impls:
             impls[spec.name] = spec.load()
         touches_fn = getattr(impls[spec.name], "touches", None)
-        touches = list(touches_fn(model, params)) if touches_fn is not None else None
+        touched = touches_fn(model, params) if touches_fn is not None else None
+        touches = list(touched) if touched is not None else None
         prompts.append(e.request.prompt)
         expectations = []
         for x in e.expects:

@@ -11,7 +11,11 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .params import Param, Preset
+from .params import Param, Preset, validate_params
+
+#: The kinds of change a script states (``edit``, ``insert``, ``erase``): KnowEdit's
+#: modification, insertion (a fact the model lacks) and erasure (forget an answer).
+CHANGE_KINDS = ("edit", "insert", "erase")
 
 
 def load_object(spec: str) -> Any:
@@ -30,7 +34,12 @@ class MethodSpec:
     """An editing method (ROME, MEMIT, FT-M, ...).
 
     ``implementation`` names a class with a no-argument constructor and the interface of
-    :class:`kedsl.editing.EditMethod`.
+    :class:`kedsl.editing.method.Method`. ``config`` is the method's
+    :class:`~kedsl.registry.params.MethodConfig` subclass: its fields are the parameters,
+    and ``params`` is derived from it (a method without a configuration class may give
+    ``params`` directly instead, never both). Every preset must name declared parameters
+    with valid values. ``kinds`` are the kinds of change (:data:`CHANGE_KINDS`) the method
+    accepts; it refuses the others with a :class:`~kedsl.errors.UsageError`.
     """
 
     name: str
@@ -41,8 +50,23 @@ class MethodSpec:
     supports_sequential: bool = True
     presets: tuple[Preset, ...] = ()
     #: Non-weight outcomes the method makes, ``(kind, "package.module:Class")`` pairs of
-    #: :class:`kedsl.attachments.Attachment` subclasses; loading a saved model uses them.
+    #: :class:`kedsl.model.attachments.Attachment` subclasses; loading a saved model uses them.
     attachments: tuple[tuple[str, str], ...] = ()
+    config: type | None = None
+    kinds: tuple[str, ...] = ("edit",)
+
+    def __post_init__(self) -> None:
+        if self.config is not None:
+            if self.params:
+                raise ValueError(f"method {self.name}: declare its parameters once, as config or as params, not both")
+            object.__setattr__(self, "params", tuple(self.config.params()))
+        bad_kinds = [k for k in self.kinds if k not in CHANGE_KINDS]
+        if not self.kinds or bad_kinds:
+            raise ValueError(f"method {self.name}: kinds must be a non-empty subset of {CHANGE_KINDS}, got {self.kinds}")
+        for preset in self.presets:
+            problems = validate_params(self.params, preset.values)
+            if problems:
+                raise ValueError(f"method {self.name}: preset `{preset.family}`: " + "; ".join(m for _, m, _ in problems))
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -60,7 +84,7 @@ class MetricSpec:
     at least (1 - tolerance) x the pre-edit value. ``needs_baseline``: the executor
     measures the unedited model first (locality, fluency). ``prompt_form`` says what
     prompts an `expect` may give: "answer" (`"p" -> "a"`), "unchanged" (`"p" unchanged`),
-    "any" or "none". ``prompts_field`` names the :class:`kedsl.evaluation.EvalCase` field
+    "any" or "none". ``prompts_field`` names the :class:`kedsl.evaluation.cases.EvalCase` field
     an `expect`'s own prompts fill (rewrite, paraphrase, portability, locality,
     generation). A metric with ``relative_tolerance`` puts the pre-edit value it compares
     against into ``MetricResult.details["baseline"]``.
@@ -103,7 +127,7 @@ class ModelSourceSpec:
 
     ``matches(ref)`` decides, without importing torch, whether this source handles the
     reference; sources are tried in ascending ``priority``. ``implementation`` names a
-    function ``load(ref: str, settings: dict) -> kedsl.model.LoadedModel``.
+    function ``load(ref: str, settings: dict) -> kedsl.plugin.LoadedModel``.
     ``aliases`` lists fixed names the source provides (shown by ``kedsl plugins``).
     """
 

@@ -1,0 +1,224 @@
+"""Changing recorded history: :func:`revert` removes exactly one edit's outcome from a
+saved model; :func:`replay` reruns a recorded script on its recorded base model. Both are
+runs of their own in the provenance store (kinds ``revert`` and ``replay``)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError, UsageError
+from ..provenance.queries import lineage, read_model_record
+from ..provenance.store import Store
+from ..registry import Registry, get_registry
+from ..registry.loader import software_versions
+from ..registry.specs import load_object
+from .scripts import apply, load_checked, model_settings
+
+log = logging.getLogger(__name__)
+
+
+def revert(
+    store: Store,
+    edit_id: str,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    argv: list[str] | None = None,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """Remove exactly ``edit_id``'s outcome from the model in ``model_dir``; save the result
+    to ``out_dir`` and record it as a run of kind ``revert``.
+
+    A parameter that still holds the edit's ``after`` value bit-exactly gets its
+    ``before`` value back bit-exactly; one that later edits changed too gets the edit's
+    delta subtracted (``mode: subtracted`` in the record, and a log warning).
+    ``registry`` defaults to the installed plugins.
+    """
+    import torch
+
+    from ..model.journal import WeightChange
+    from ..model.loading import load_saved_model
+    from ..model.saving import save_model
+
+    edit = store.edit(edit_id)
+    if edit is None:
+        raise UsageError(f"no edit {edit_id} in {store.path}", "list edits with `kedsl log --model DIR`")
+    if edit["status"] != "applied":
+        raise UsageError(f"edit {edit_id} was {edit['status']}: it is in no saved model, there is nothing to revert")
+    attached = json.loads(edit.get("attachments") or "[]")
+    if not edit["outcome_sha256"] and not attached:
+        raise UsageError(f"edit {edit_id} changed no weights and added no attachment: there is nothing to revert")
+    # Edits of one batch share one outcome: reverting one reverts them all.
+    sharing = store.edits_sharing_outcome(edit)
+    if not force:
+        try:
+            in_history = {r["id"] for r in lineage(store, model_dir)}
+        except UsageError:
+            in_history = set()
+    if not force and edit["run_id"] not in in_history:
+        raise UsageError(
+            f"edit {edit_id} (run {edit['run_id']}) is not in the recorded history of {model_dir}",
+            "check with `kedsl log --model DIR`; pass --force to subtract it anyway",
+        )
+    out = Path(out_dir).expanduser().absolute()
+    if out == Path(model_dir).expanduser().absolute():
+        raise UsageError("--out must differ from --model", "revert writes a new directory and keeps the original")
+    outcome = store.load_outcome(edit["outcome_sha256"]) if edit["outcome_sha256"] else {}
+    registry = registry or get_registry()
+    model = load_saved_model(model_dir, registry)
+    fp_before = model.fingerprint()
+    run_id = store.begin_run(
+        kind="revert",
+        reverts_edit=edit_id,
+        argv=argv if argv is not None else sys.argv,
+        cwd=os.getcwd(),
+        versions=software_versions(registry),
+        model_ref=str(Path(model_dir).absolute()),
+        model_source=model.source,
+        model_path=model.meta.get("path"),
+        fingerprint_before=fp_before,
+    )
+    status, error = "failed", None
+    try:
+        changes: dict[str, WeightChange] = {}
+        modes: dict[str, str] = {}
+        with torch.no_grad():
+            for name, (before, after) in outcome.items():
+                try:
+                    p = model.parameter(name)
+                except AttributeError:
+                    raise UsageError(f"the model in {model_dir} has no parameter {name} (edit {edit_id} changed it)") from None
+                if tuple(p.shape) != tuple(after.shape):
+                    raise UsageError(f"{name} has shape {tuple(p.shape)} in {model_dir}, but edit {edit_id} changed a {tuple(after.shape)} one")
+                current = p.detach().to("cpu", copy=True)
+                if current.dtype == after.dtype and torch.equal(current, after):
+                    p.copy_(before.to(p.dtype))
+                    modes[name] = "restored"
+                else:
+                    p.sub_((after.float() - before.float()).to(device=p.device, dtype=p.dtype))
+                    modes[name] = "subtracted"
+                    log.warning("%s was changed again after edit %s: subtracted its delta (not bit-exact)", name, edit_id)
+                changes[name] = WeightChange(name, current, p.detach().to("cpu", copy=True))
+            _remove_attachments(store, registry, model, model_dir, edit_id, attached, changes, modes)
+        sha = store.save_outcome(changes)
+        rev_id = store.record_edit(
+            run_id=run_id, seq=0, subject=edit["subject"], request={"reverts": edit_id, "also_reverted": sharing},
+            method="revert", params={"modes": modes}, status="applied", seconds=0.0,
+            info={"reverted_outcome": edit["outcome_sha256"]}, outcome_sha256=sha, metrics=[],
+        )  # fmt: skip
+        fp_after = model.fingerprint()
+        head = store.record_saving(run_id, out, fp_after)
+        provenance = {
+            "run_id": run_id, "kind": "revert", "reverts_edit": edit_id, "base_model": str(Path(model_dir).absolute()),
+            "fingerprint_before": fp_before, "parent_run": (store.run(run_id) or {}).get("parent_run"),
+            "database": str(store.path.absolute()), "log_head": {"event": head["count"], "hash": head["hash"]},
+            "edits": [{"id": rev_id, "subject": edit["subject"], "method": "revert", "status": "applied",
+                       "prompt": f"revert {edit_id}", "target": "", "expectations": []}],
+        }  # fmt: skip
+        save_model(model, out, provenance)
+        status = "ok"
+        return {"run_id": run_id, "edit_id": rev_id, "reverted": edit_id, "also_reverted": sharing, "modes": modes,
+                "fingerprint_before": fp_before, "fingerprint_after": fp_after, "saved_to": str(out)}  # fmt: skip
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        store.end_run(
+            run_id,
+            status,
+            fingerprint_after=model.fingerprint() if status == "ok" else None,
+            saved_to=str(out) if status == "ok" else None,
+            error=error,
+        )
+
+
+def _remove_attachments(
+    store: Store, registry: Any, model: Any, model_dir: str | Path, edit_id: str,
+    attached: list[dict[str, Any]], changes: dict[str, Any], modes: dict[str, str],
+) -> None:  # fmt: skip
+    """Take an edit's attachments off ``model``: uninstall the ones it holds; subtract the
+    weight deltas of the ones a ``merged`` save folded into its weights."""
+    import torch
+
+    from ..model.attachments import uninstall
+    from ..model.journal import WeightChange
+
+    merged = {m.get("digest") for m in (read_model_record(model_dir) or {}).get("merged_attachments", [])}
+    for i, rec in enumerate(attached):
+        key = f"attachment:{i}:{rec['kind']}"
+        live = next((a for a in model.attachments if a.digest() == rec["digest"]), None)
+        if live is not None:
+            uninstall(model, live)
+            modes[key] = "removed"
+            continue
+        if rec["digest"] not in merged:
+            raise UsageError(
+                f"the model in {model_dir} does not hold edit {edit_id}'s {rec['kind']} attachment",
+                "it was reverted already, or the model does not descend from that edit (kedsl log --model DIR)",
+            )
+        tensors, config, kind, method = store.load_attachment(rec["blob"])
+        impl = dict(registry.method(method).attachments).get(kind)
+        if impl is None:
+            raise UsageError(f"method `{method}` no longer declares `{kind}` attachments; cannot rebuild edit {edit_id}'s")
+        att = load_object(impl).from_state(tensors, config)
+        deltas = att.merged_deltas(model) or {}
+        with torch.no_grad():
+            for name, delta in deltas.items():
+                p = model.parameter(name)
+                before = changes[name].before if name in changes else p.detach().to("cpu", copy=True)
+                p.sub_(delta.to(device=p.device, dtype=p.dtype))
+                changes[name] = WeightChange(name, before, p.detach().to("cpu", copy=True))
+        modes[key] = "unmerged (subtracted)"
+        log.warning("edit %s's %s was merged into the weights: subtracted its delta (not bit-exact)", edit_id, kind)
+
+
+def replay(
+    store: Store, run_id: str, out_dir: str | Path, *, argv: list[str] | None = None, registry: Registry | None = None
+) -> dict[str, Any]:
+    """Rerun a recorded ``apply`` run's script, with its seed and policy, on its recorded
+    base model (checked by fingerprint first); report whether the result matches."""
+    from ..model.loading import load_model
+
+    run = store.run(run_id)
+    if run is None:
+        raise UsageError(f"no run {run_id} in {store.path}", "list runs with `kedsl log`")
+    if (run.get("kind") or "apply") not in ("apply", "replay") or not run.get("script_text"):
+        raise UsageError(f"run {run_id} is a {run.get('kind')} run: only script runs (apply) can be replayed")
+    registry = registry or get_registry()
+    with tempfile.TemporaryDirectory(prefix="kedsl-replay-") as tmp:
+        script = Path(tmp) / "replayed.ke"
+        script.write_text(run["script_text"], encoding="utf-8")
+        checked = load_checked(script, registry)
+        # A local directory by its resolved path (the script's may be relative to another
+        # working directory); anything else (embedded alias, GGUF, hub id) by its name.
+        local = run.get("model_source") == "local" and run.get("model_path")
+        ref = run["model_path"] if local else run["model_ref"]
+        model = load_model(ref, model_settings(checked.model), registry)
+        if model.fingerprint() != run["fingerprint_before"]:
+            raise ModelError(
+                f"the base model {ref} has changed since run {run_id}: fingerprint {model.fingerprint()[:16]}, "
+                f"the log records {run['fingerprint_before'][:16]}",
+                "restore the base model the run used; replay needs the same starting weights",
+            )
+        recorded_versions = json.loads(run.get("versions") or "{}")
+        report = apply(
+            script, db=store.path, out=out_dir, on_fail=run.get("on_fail") or None, seed=run.get("seed") or 0,
+            model=model, registry=registry, argv=argv if argv is not None else sys.argv,
+            record={"kind": "replay", "replay_of": run_id},
+        )  # fmt: skip
+    now = software_versions(registry)
+    return {
+        "run_id": report.run_id,
+        "replay_of": run_id,
+        "fingerprint_recorded": run.get("fingerprint_after"),
+        "fingerprint_replayed": report.fingerprint_after,
+        "matches": report.fingerprint_after == run.get("fingerprint_after"),
+        "saved_to": str(report.saved_to) if report.saved_to else None,
+        "version_differences": {k: [recorded_versions.get(k), now.get(k)] for k in now if recorded_versions.get(k) != now.get(k)},
+    }

@@ -1,0 +1,50 @@
+"""Durable files: flushing to disk and telling whether the process that wrote a file is
+gone. Written once here for the two writers that need them, the provenance store (its
+blobs) and model saving (its atomic directory swap). Torch-free."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (a rename or a new file in it) to disk; a platform or
+    file system that cannot fsync a directory is not an error."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` and the directories themselves to disk, so that a
+    rename that follows publishes complete content even after a crash."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs on this host. Another user's process counts as
+    alive; a zombie (killed, not yet reaped by its parent) as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().split(b") ")[-1][:1] != b"Z"
+    except OSError:  # no /proc (not Linux): os.kill said it exists
+        return True

@@ -1,0 +1,39 @@
+"""AlphaEdit's parameters, declared once (torch-free: ``kedsl check`` validates scripts
+against them): the multi-layer ones every such method shares, plus its own; and its
+presets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from kedsl.plugin import Preset, param
+from kedsl.toolkit.multilayer_config import MultiLayerConfig
+
+
+@dataclass
+class AlphaEditConfig(MultiLayerConfig):
+    """AlphaEdit's configuration: the shared multi-layer parameters and its projected update."""
+
+    method: ClassVar[str] = "alphaedit"
+
+    null_space_threshold: float = param(1e-2, "eigen-directions of the key second moment C below this fraction of its largest eigenvalue form the null space the update may use", min=0.0, max=1.0)
+    l2: float = param(10.0, "ridge term alpha in (P(w K_p K_p^T + K K^T) + alpha I) dW^T = P K R^T", min=0.0)
+    earlier_weight: float = param(1.0, "w in the system of l2: how strongly the keys of earlier edits in the sequence are held to their outputs against the new edit (1 is the paper's)", min=0.0)
+
+
+PRESETS = (
+    Preset(
+        family="llama",
+        values={"layers": [2, 3, 4, 5, 6, 7, 8], "l2": 1.0, "earlier_weight": 16.0, "context_count": 1},
+        measured_by=(
+            "l2 swept on ZsRE records 0-9 and 40-79 in one batch, with MEMIT's search and layer settings "
+            "(tables in kedsl_memit.memit.SWEEP); earlier_weight, l2, the threshold and spread passes in "
+            "100 sequential edits of records 100-199 (kedsl_alphaedit.alphaedit.MEASURED)"
+        ),
+    ),
+    Preset(
+        family="gpt2",
+        values={"layers": [3, 4, 5, 6], "bf16": False},
+        measured_by="not measured (no GPT-2 checkpoint offline): MEMIT's GPT-2 XL layers scaled to 12 layers; tests check only mechanics",
+    ),
+)

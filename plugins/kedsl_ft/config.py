@@ -1,0 +1,62 @@
+"""FT-L's and FT-M's parameters, declared once (torch-free: ``kedsl check`` validates
+scripts against them), and their presets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from kedsl.plugin import MethodConfig, Preset, param
+
+
+@dataclass
+class FTConfig(MethodConfig):
+    """The parameters FT-L and FT-M share; they differ in the default L∞ bound."""
+
+    method: ClassVar[str] = "fine-tuning"
+
+    layer: int = param(20, "layer whose MLP output projection is fine-tuned", min=0)
+    lr: float = param(5e-4, "Adam learning rate", min=1e-7, max=1.0)
+    steps: int = param(25, "maximum optimisation steps", min=1, max=1000)
+    weight_decay: float = param(0.0, "Adam weight decay", min=0.0)
+    norm_constraint: float = param(0.0, "L∞ bound on each weight's change (0: unconstrained)", min=0.0)
+    nll_tol: float = param(1e-2, "stop once the loss is below this", min=0.0)
+
+
+@dataclass
+class FTLConfig(FTConfig):
+    method: ClassVar[str] = "ft_l"
+
+    norm_constraint: float = param(5e-4, "L∞ bound on each weight's change (0: unconstrained)", min=0.0)
+
+
+@dataclass
+class FTMConfig(FTConfig):
+    method: ClassVar[str] = "ft_m"
+
+
+FT_L_PRESETS = (
+    Preset(
+        family="llama",
+        values={"layer": 20, "norm_constraint": 5e-3},
+        measured_by=(
+            "SmolLM2-135M-Instruct, ZsRE records 0-9, single edits, layer 20, lr 5e-4, 25 steps "
+            "(kedsl bench ... --method ft_l --limit 10 --param norm_constraint=...): norm_constraint 5e-4 and "
+            "5e-3 both efficacy 0.180, generalization 0.165/0.180, locality 1.000, per case identical to each "
+            "other: FT-L's objective pushes the *last prompt position* towards every target token, which cannot "
+            "fit ZsRE's multi-token targets (loss 13.8 -> 7.2 on record 1 in 25 steps). On a one-token target "
+            "('The Eiffel Tower is located in the city of' -> Rome) 5e-4 stops at loss 3.8 (not the argmax), "
+            "5e-3 reaches 0.01: hence 5e-3. Layer not swept (a layer-6 run was cut for time)."
+        ),
+    ),
+)
+FT_M_PRESETS = (
+    Preset(
+        family="llama",
+        values={"layer": 20},
+        measured_by=(
+            "SmolLM2-135M-Instruct, ZsRE records 0-19, single edits, layer 20, lr 5e-4, 25 steps: "
+            "efficacy 0.962, generalization 0.875, locality 0.952 (kedsl bench ... --method ft_m --limit 20 "
+            "--param layer=20); only one layer tried so far (EasyEdit's 2/3 of depth), no sweep yet"
+        ),
+    ),
+)

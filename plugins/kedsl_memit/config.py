@@ -1,0 +1,37 @@
+"""MEMIT's parameters, declared once (torch-free: ``kedsl check`` validates scripts against
+them): the multi-layer ones every such method shares, plus its own; and its presets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from kedsl.plugin import Preset, param
+from kedsl.toolkit.multilayer_config import MultiLayerConfig
+
+
+@dataclass
+class MEMITConfig(MultiLayerConfig):
+    """MEMIT's configuration: the shared multi-layer parameters and its update rule's lambda."""
+
+    method: ClassVar[str] = "memit"
+
+    mom2_update_weight: float = param(15000.0, "lambda in (lambda*C + K K^T) dW^T = K R^T: how strongly the keys of other text are preserved", min=0.0)
+
+
+PRESETS = (
+    Preset(
+        family="llama",
+        values={"layers": [2, 3, 4, 5, 6, 7, 8], "mom2_update_weight": 1500.0, "spread_passes": 2, "context_count": 1},
+        measured_by=(
+            "swept on ZsRE records 0-499 in one batch (bench/multilayer_sweep.py; tables in kedsl_memit.memit.SWEEP): "
+            "lambda on 0-9, the search's templates and bounds on 20-39, layers 4..8 vs 2..8 and 8192 vs 65536 "
+            "statistics tokens on 40-79, layers down to 0 and the statistics corpus on 100-149, one or two spread "
+            "passes with lambda on 100-149, lambda again on 100-149 with kedsl bench after the faster search (table 7)"
+        ),
+    ),
+    Preset(
+        family="gpt2",
+        values={"layers": [3, 4, 5, 6], "bf16": False},
+        measured_by="not measured (no GPT-2 checkpoint offline): MEMIT's GPT-2 XL layers 13..17 of 48 scaled to 12 layers; tests check only mechanics",
+    ),
+)
