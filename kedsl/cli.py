@@ -16,6 +16,7 @@ from typing import Any, Callable
 import click
 
 from .errors import DataError, ExitCode, KedslError, UsageError, did_you_mean
+from .evaluation.datasets import FORMATS as DATA_FORMATS  # torch-free, like everything imported here
 
 
 def _setup_logging(verbose: int) -> None:
@@ -362,29 +363,48 @@ def fmt(file: str, write: bool, check_only: bool) -> None:
 
 # -- bench and plan ------------------------------------------------------------------------
 @main.command()
-@click.argument("data", type=click.Path(dir_okay=True))
-@click.option("--method", required=True, help="The editing method (see `kedsl plugins`).")
+@click.argument("data", type=click.Path(dir_okay=True), required=False)
+@click.option("--method", default=None, help="The editing method (see `kedsl plugins`).")
+@click.option("--suite", default=None, help="Run a whole study instead of one file: `knowedit` (its six datasets x --methods).")
+@click.option("--methods", "method_list", default=None, metavar="A,B,...", help="With --suite: the methods, one column each.")
+@click.option("--datasets", "dataset_list", default=None, metavar="A,B,...", help="With --suite: only these of its datasets.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="With --suite: the folder holding the study's files (default: $KEDSL_DATA_DIR, else ../shared/data).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="With --suite: where each cell's JSON, the per-dataset JSON and the table go (default bench/results/SUITE).")
 @click.option("--model", "model_ref", default="smollm2-135m", show_default=True, help="Alias, local directory, .gguf file or hub id.")
-@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most this many records.")
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="First record (index in the file).")
-@click.option("--format", "data_format", type=click.Choice(["zsre", "knowedit", "counterfact"]), default=None, help="Data format (default: detected).")
+@click.option("--split", type=click.Choice(["all", "tune", "heldout", "train"]), default=None,
+              help="Only the records of this split of SPLITS.json (found beside the data or above it); default: all, heldout with --suite.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most this many records (per dataset with --suite).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="First record (index in the file, or position in --split).")
+@click.option("--format", "data_format", type=click.Choice(list(DATA_FORMATS)), default=None, help="Data format (default: detected).")
 @click.option("--mode", type=click.Choice(["single", "sequential", "batch"]), default="single", show_default=True,
               help="single: each edit alone, undone after measuring; sequential: edits accumulate, measured at the end; batch: groups of --batch-size in one call.")
 @click.option("--batch-size", type=int, default=None, help="Edits per method call in --mode batch (default 1).")
-@click.option("--param", "param_args", multiple=True, metavar="NAME=VALUE", help="A method parameter (repeatable), e.g. --param layer=8.")
+@click.option("--param", "param_args", multiple=True, metavar="NAME=VALUE",
+              help="A method parameter (repeatable), e.g. --param layer=8; with --suite METHOD.NAME=VALUE.")
 @click.option("--metrics", "metric_list", default=None, metavar="A,B,...",
-              help="Measure only these (default: efficacy, generalization, portability, locality, fluency, efficacy_gen, pre_efficacy; es, ps, ns on CounterFact).")
+              help="Measure only these (default: the dataset's KnowEdit metrics, e.g. efficacy, generalization, portability, locality, fluency, efficacy_gen, pre_efficacy).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write aggregate, per-case values and config here.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the method's randomness.")
 @handle_errors
-def bench(data: str, method: str, model_ref: str, limit: int | None, offset: int, data_format: str | None, mode: str,
-          batch_size: int | None, param_args: tuple[str, ...], metric_list: str | None, json_out: str | None, seed: int) -> None:
-    """Benchmark a method on DATA (ZsRE, KnowEdit or CounterFact records): the KnowEdit
-    table (Edit Succ., Generalization, Portability, Locality, Fluency) plus efficacy_gen
-    and the pre-edit efficacy, with the number of cases behind each value."""
-    from pathlib import Path
-
-    from .evaluation.datasets import load_cases
+def bench(data: str | None, method: str | None, suite: str | None, method_list: str | None, dataset_list: str | None,
+          data_dir: str | None, out_dir: str | None, model_ref: str, split: str | None, limit: int | None, offset: int,
+          data_format: str | None, mode: str, batch_size: int | None, param_args: tuple[str, ...], metric_list: str | None,
+          json_out: str | None, seed: int) -> None:  # fmt: skip
+    """Benchmark a method on DATA (ZsRE, KnowEdit, WikiBio, ConvSent, Sanitation or
+    CounterFact records): the KnowEdit table (Edit Succ., Generalization, Portability,
+    Locality, Fluency and each dataset's own) plus efficacy_gen and the pre-edit efficacy,
+    with the number of cases behind each value. With --suite, a whole study: every dataset
+    x every method of --methods, resumable cell by cell."""
+    if suite is not None:
+        if data is not None or method is not None:
+            raise UsageError("--suite runs its own datasets with --methods", "drop DATA and --method, or drop --suite")
+        _bench_suite(suite, method_list, dataset_list, data_dir, out_dir, model_ref, split or "heldout", limit, param_args, seed)
+        return
+    if data is None or method is None:
+        raise UsageError("kedsl bench needs DATA and --method (or --suite)", "e.g. kedsl bench zsre.json --method rome")
+    from .evaluation.datasets import read_cases, split_indices
     from .evaluation.runner import BenchSettings, check_settings, data_sha256, parse_param_args, run_bench, select_metrics
     from .registry import get_registry
 
@@ -393,16 +413,19 @@ def bench(data: str, method: str, model_ref: str, limit: int | None, offset: int
     settings = BenchSettings(method=method, mode=mode, batch_size=batch_size or 1, metrics=metrics, seed=seed)
     spec = check_settings(registry, settings)  # everything that needs no model fails fast
     settings.params = parse_param_args(spec, param_args)
-    cases = load_cases(data, format=data_format, limit=limit, offset=offset)
+    loaded = read_cases(data, format=data_format, limit=limit, offset=offset, indices=split_indices(data, split or "all"))
+    cases = loaded.cases
     fmt = cases[0].format if cases else data_format
     select_metrics(registry, metrics, fmt)
     if not cases:
         raise DataError(f"{data}: no usable records (offset {offset}, limit {limit})", "check --offset/--limit and the file")
-    click.echo(f"{len(cases)} cases from {data}; loading {model_ref} ...", err=True)
+    click.echo(f"{len(cases)} cases from {data}" + (f" ({len(loaded.skipped)} records skipped)" if loaded.skipped else "")
+               + f"; loading {model_ref} ...", err=True)  # fmt: skip
     from .model.loading import load_model
 
     model = load_model(model_ref, {}, registry)
-    info = {"data_path": str(Path(data).absolute()), "data_sha256": data_sha256(data), "format": fmt, "limit": limit, "offset": offset}
+    info = {"data_path": str(Path(data).absolute()), "data_sha256": data_sha256(data), "format": fmt, "limit": limit, "offset": offset,
+            "split": split or "all", "skipped_records": [{"index": i, "why": why} for i, why in loaded.skipped]}  # fmt: skip
 
     def progress(done: int, total: int, message: str) -> None:
         click.echo(f"[{done}/{total}] {message}", err=True)
@@ -413,6 +436,36 @@ def bench(data: str, method: str, model_ref: str, limit: int | None, offset: int
         with open(json_out, "w", encoding="utf-8") as f:
             json.dump(result.to_json(), f, indent=1, ensure_ascii=False)
         click.echo(f"wrote {json_out}", err=True)
+
+
+def _bench_suite(suite: str, method_list: str | None, dataset_list: str | None, data_dir: str | None, out_dir: str | None,
+                 model_ref: str, split: str, limit: int | None, param_args: tuple[str, ...], seed: int) -> None:  # fmt: skip
+    from .evaluation.runner import parse_param_args
+    from .evaluation.suite import check_suite, run_suite
+    from .registry import get_registry
+
+    registry = get_registry()
+    methods = [m.strip() for m in (method_list or "").split(",") if m.strip()]
+    datasets = [d.strip() for d in dataset_list.split(",") if d.strip()] if dataset_list else None
+    check_suite(registry, suite, methods, datasets)  # names first: no model loaded for a typo
+    per_method: dict[str, list[str]] = {}
+    for arg in param_args:
+        name, dot, rest = arg.partition(".")
+        if not dot or name not in methods:
+            raise UsageError(f"--param {arg!r}: with --suite write METHOD.NAME=VALUE for one of the methods", f"methods: {', '.join(methods)}")
+        per_method.setdefault(name, []).append(rest)
+    params = {m: parse_param_args(registry.method(m), args) for m, args in per_method.items()}
+    where = Path(data_dir or os.environ.get("KEDSL_DATA_DIR") or "../shared/data")
+    out = Path(out_dir or f"bench/results/{suite}")
+    from .model.loading import load_model
+
+    click.echo(f"loading {model_ref} ...", err=True)
+    model = load_model(model_ref, {}, registry)
+    run_suite(model, registry, suite, methods, where, out, limit=limit, split=split, params=params, datasets=datasets,
+              seed=seed, say=lambda msg: click.echo(msg, err=True))  # fmt: skip
+    table = out / f"{suite}_table.md"
+    click.echo(table.read_text(encoding="utf-8"))
+    click.echo(f"wrote {out}/ (a JSON per cell and per dataset) and {table}", err=True)
 
 
 @main.command()

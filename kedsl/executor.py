@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from .cache import stats_dir
-from .editing.method import refuse_undeclared_kinds
+from .editing.method import refuse_unsupported_requests
 from .editing.outcome import EditContext, EditOutcome
 from .editing.request import EditRequest
 from .errors import UsageError
@@ -176,7 +176,7 @@ class Executor:
         spec = self.registry.method(first.method)
         if len(unit) > 1 and not spec.supports_batch:
             raise UsageError(f"method `{spec.name}` does not support batch edits", "use a method that does, e.g. memit")
-        refuse_undeclared_kinds(spec, [e.request for e in unit])
+        refuse_unsupported_requests(spec, [e.request for e in unit])
         params = resolve_params(spec.params, first.given_params, spec.presets, self.model.arch.preset_family)
         for i, e in enumerate(unit):
             self.reporter.edit_started(start_index + i, total, e)

@@ -11,6 +11,7 @@ from kedsl.plugin import hookimpl
 from kedsl.lang import ResolvedEdit, ScriptError, check_source, parse, resolve_edits
 from kedsl.registry.params import Param
 from kedsl.registry import Registry
+from kedsl.registry.specs import CHANGE_KINDS as ALL_KINDS
 from kedsl.registry.specs import MethodSpec, MetricSpec, Relation
 
 
@@ -23,11 +24,11 @@ def _fake_plugin() -> types.ModuleType:
             MethodSpec("rome", "x:Y", params=(
                 Param("layer", "int", 5, min=0, max=47),
                 Param("v_lr", "float", 0.5, min=0.0),
-            )),
+            ), kinds=ALL_KINDS),
             MethodSpec("memit", "x:Y", params=(Param("layers", "layers", [4, 5], min=0, max=47),),
-                       supports_batch=True),
-            MethodSpec("ft_m", "x:Y", params=(Param("steps", "int", 25, min=1),)),
-            MethodSpec("solo", "x:Y", supports_batch=False),
+                       supports_batch=True, kinds=ALL_KINDS),
+            MethodSpec("ft_m", "x:Y", params=(Param("steps", "int", 25, min=1),), kinds=ALL_KINDS),
+            MethodSpec("solo", "x:Y", supports_batch=False),  # edits only (the default kinds)
         ]
 
     @hookimpl

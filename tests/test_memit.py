@@ -166,14 +166,11 @@ def test_memit_is_deterministic(tiny_llama):
         assert torch.equal(a.changes[name].after, b.changes[name].after)
 
 
-def test_memit_rejects_unknown_params_and_other_kinds(tiny_llama):
+def test_memit_rejects_unknown_params(tiny_llama):
     from kedsl_memit.memit import MEMITConfig
 
     with pytest.raises(UsageError):
         MEMITConfig.from_params({"layer": 3})
-    erase = EditRequest(subject="Toyota", prompt="Toyota has its headquarters in", target="x", kind="erase")
-    with pytest.raises(UsageError):
-        run_memit(tiny_llama, [erase])
 
 
 def test_descriptor_module_imports_without_torch():

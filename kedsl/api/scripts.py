@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..editing.request import EditRequest
+from ..editing.request import DEFAULT_REFUSAL, EditRequest
 from ..lang import ScriptError, ast, check_source, read_script, resolve_edits
 from ..registry import Registry, get_registry
 from ..registry.loader import software_versions
@@ -48,7 +48,7 @@ def plan(script: ast.Script, registry: Registry | None = None) -> list[Any]:
                 request=EditRequest(
                     subject=e.subject,
                     prompt=r.prompt,
-                    target=e.target or "",
+                    target=(e.target or DEFAULT_REFUSAL) if e.kind == "erase" else (e.target or ""),
                     old=e.old,
                     kind=e.kind,
                     relation=r.relation_id,

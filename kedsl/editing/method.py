@@ -38,11 +38,17 @@ class Method(abc.ABC):
         return None
 
 
-def refuse_undeclared_kinds(spec: MethodSpec, requests: Sequence[EditRequest]) -> None:
-    """A request of a kind the method does not declare (``MethodSpec.kinds``) is a usage
-    error, raised before the method runs: the one place that enforces the declaration,
-    for the executor and the benchmark alike."""
+def refuse_unsupported_requests(spec: MethodSpec, requests: Sequence[EditRequest]) -> None:
+    """A request of a kind the method does not declare (``MethodSpec.kinds``), or one
+    without a target (an erasure's target is its refusal), is a usage error raised before
+    the method runs: the one place that enforces this, for the executor and the benchmark
+    alike."""
     for r in requests:
+        if not r.target.strip():
+            raise UsageError(
+                f"the {r.kind} of {r.subject!r} has no target",
+                "an edit or insert needs a new answer; an erase answers with its refusal (\"I don't know.\" by default)",
+            )
         if r.kind not in spec.kinds:
             can = " or ".join(spec.kinds)
             raise UsageError(

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: What an erased fact is answered with unless a script (``refusal "TEXT"``) or a data
+#: file gives another: the Sanitation protocol of KnowEdit.
+DEFAULT_REFUSAL = "I don't know."
+
 
 @dataclass
 class EditRequest:
@@ -13,7 +17,9 @@ class EditRequest:
     ``prompt`` verbatim); ``target`` is the new answer without a leading space (the
     tokenization rule in :mod:`kedsl.toolkit.tokens` adds it). ``old`` is the current
     answer when known. ``paraphrases`` are further prompts that should give ``target``.
-    ``kind`` is one of :data:`kedsl.registry.specs.CHANGE_KINDS`.
+    ``kind`` is one of :data:`kedsl.registry.specs.CHANGE_KINDS`: ``insert`` is an edit
+    with no old answer; ``erase`` is an edit towards a refusal (``target`` is the refusal,
+    :data:`DEFAULT_REFUSAL` unless the script gives another) away from ``old``.
     """
 
     subject: str

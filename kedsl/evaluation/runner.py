@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..cache import stats_dir
-from ..editing.method import refuse_undeclared_kinds
+from ..editing.method import refuse_unsupported_requests
 from ..errors import KedslError, UsageError, did_you_mean
 from ..records import jsonable
 from ..registry import Registry, get_registry
 from ..registry.loader import software_versions
 from ..registry.params import Param, Range, resolve_params, validate_params
 from ..registry.specs import MethodSpec
-from .table import COUNTERFACT_METRICS, DEFAULT_METRICS, FLUENCY_METRICS, PRE_EFFICACY, render_table
+from .table import DEFAULT_METRICS, FLUENCY_METRICS, FORMAT_METRICS, PRE_EFFICACY, render_table
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def parse_param_args(spec: MethodSpec, args: Sequence[str]) -> dict[str, Any]:
 # -- checks that need no model -------------------------------------------------------------
 def select_metrics(registry: Registry, requested: Sequence[str] | None, data_format: str | None) -> tuple[list[str], list[str]]:
     """The metrics to measure (table order) and the default ones the selection skips."""
-    defaults = list(DEFAULT_METRICS) + (list(COUNTERFACT_METRICS) if data_format == "counterfact" else [])
+    defaults = list(FORMAT_METRICS.get(data_format or "", DEFAULT_METRICS))
     if requested is None:
         chosen = defaults
     else:
@@ -302,7 +302,7 @@ def run_bench(
         torch.manual_seed(settings.seed)
         t0 = time.perf_counter()
         try:
-            refuse_undeclared_kinds(spec, reqs)
+            refuse_unsupported_requests(spec, reqs)
             outcome = method.apply(model, reqs, params, context)
         except KedslError as exc:
             context.rollback(model)
@@ -358,6 +358,7 @@ def run_bench(
         "batch_size": size,
         "seed": settings.seed,
         "metrics": table_metrics,
+        "protocols": {m: registry.metric("efficacy" if m == PRE_EFFICACY else m).doc + (" (on the unedited model)" if m == PRE_EFFICACY else "") for m in metrics},
         "skipped_metrics": skipped,
         **(data or {}),
         "versions": software_versions(registry),
@@ -386,12 +387,24 @@ def _check_restored(model: Any, outcome: Any) -> None:
 
 def aggregate_cases(records: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
     """Per metric, the mean over the cases whose value is not None (failed cases have
-    none), with ``n``: how many cases each mean averages."""
+    none), with ``n``: how many cases each mean averages; for a metric whose cases report
+    values per key (portability's Reasoning, Subject_Aliasing, ...; locality's), also
+    ``per_key``: each key's mean over the cases that have it."""
     out: dict[str, Any] = {}
     counts: dict[str, int] = {}
+    per_key: dict[str, dict[str, float]] = {}
     for m in metrics:
         vals = [r["metrics"][m] for r in records if r["metrics"].get(m) is not None]
         out[m] = sum(vals) / len(vals) if vals else None
         counts[m] = len(vals)
+        keyed: dict[str, list[float]] = {}
+        for r in records:
+            for k, v in (((r.get("details") or {}).get(m) or {}).get("per_key") or {}).items():
+                if r["metrics"].get(m) is not None:
+                    keyed.setdefault(k, []).append(v)
+        if keyed:
+            per_key[m] = {k: sum(v) / len(v) for k, v in sorted(keyed.items())}
     out["n"] = counts
+    if per_key:
+        out["per_key"] = per_key
     return out

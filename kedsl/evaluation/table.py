@@ -9,6 +9,17 @@ PRE_FLUENCY = "pre_fluency"
 #: The paper's columns plus ours, in table order (metric names as in design/metrics.md).
 DEFAULT_METRICS = ("efficacy", "generalization", "portability", "locality", "fluency", "efficacy_gen", PRE_EFFICACY)
 COUNTERFACT_METRICS = ("es", "ps", "ns")
+#: The metrics each benchmark format reports by default, in table order (KnowEdit's per
+#: dataset: Edit Succ. is teacher-forced; the generation-based reading stands beside it).
+FORMAT_METRICS = {
+    "zsre": DEFAULT_METRICS,
+    "knowedit": DEFAULT_METRICS,
+    "counterfact": (*DEFAULT_METRICS, *COUNTERFACT_METRICS),
+    "counterfact_easyedit": DEFAULT_METRICS,
+    "wikibio": ("efficacy", "longform_f1", "locality", "fluency", PRE_EFFICACY),
+    "convsent": ("sentiment", "efficacy", "locality", "fluency", PRE_EFFICACY),
+    "sanitation": ("efficacy", "efficacy_gen", "erased", "locality", "fluency", PRE_EFFICACY),
+}
 LABELS = {
     "efficacy": "Edit Succ.",
     "generalization": "Generalization",
@@ -20,6 +31,9 @@ LABELS = {
     PRE_FLUENCY: "Pre-edit Fluency",
     "fluency_unrelated": "Fluency (unrelated)",
     "pre_fluency_unrelated": "Pre-edit Fluency (unrelated)",
+    "erased": "Erased",
+    "longform_f1": "Long-form F1",
+    "sentiment": "Sentiment Succ.",
     "es": "ES",
     "ps": "PS",
     "ns": "NS",

@@ -84,8 +84,9 @@ class Edit:
     """One fact change.
 
     ``kind`` is "edit" (change: new target, optional old), "insert" (a new fact: no old
-    target) or "erase" (stop stating ``old``; no new target). Either ``relation`` (with
-    ``subject``) or ``prompt`` (a free prompt that contains ``subject``) is set.
+    target) or "erase" (stop stating ``old``; ``target`` is the refusal the script gives
+    with ``refusal "TEXT"``, None for the default). Either ``relation`` (with ``subject``)
+    or ``prompt`` (a free prompt that contains ``subject``) is set.
     """
 
     subject: str

@@ -287,6 +287,9 @@ class Builder(Transformer):
         if kind == "erase":
             old = self._decode(strings[0])
             edit.old, edit.old_pos = old.value, old.pos
+            if len(strings) > 1:  # `refusal "TEXT"`: what the model answers instead
+                refusal = self._decode(strings[1])
+                edit.target, edit.target_pos = refusal.value, refusal.pos
         else:
             target = self._decode(strings[0])
             edit.target, edit.target_pos = target.value, target.pos

@@ -228,6 +228,12 @@ class _Checker:
                      "no-method", "add `using METHOD` (e.g. `using rome`) or put a `use METHOD;` statement before it")
         elif call is not None and not in_batch:
             self.method_spec(call)
+        spec = self.registry.methods.get(call.name) if call is not None else None
+        if spec is not None and e.kind not in spec.kinds:
+            able = sorted(n for n, m in self.registry.methods.items() if e.kind in m.kinds)
+            self.err(Pos(head.line, head.col, head.line, head.col + len(e.kind)),
+                     f"method `{spec.name}` cannot {e.kind} facts (it can {' or '.join(spec.kinds)} them)", "unsupported-kind",
+                     ("methods that can: " + ", ".join(able)) if able else f"no installed method can {e.kind} facts")
         if not e.subject.strip():
             self.err(e.subject_pos, "empty subject", "empty-subject")
         key_relation: str
@@ -256,6 +262,9 @@ class _Checker:
             elif e.old is not None and e.target.strip() == e.old.strip():
                 self.err(e.target_pos, "the new target is the same as the old one", "target-equals-old",
                          "an edit must change the answer; drop the edit or fix one of the targets")
+        if e.kind == "erase" and e.target is not None and not e.target.strip():
+            self.err(e.target_pos, "empty refusal", "empty-refusal",
+                     "write what the model should answer instead, or leave `refusal` out for \"I don't know.\"")
         if e.old is not None and not e.old.strip():
             self.err(e.old_pos, "empty old target", "empty-old", "write the current answer after `from`")
         self.check_duplicate(e, key_relation)

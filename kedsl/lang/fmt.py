@@ -93,7 +93,10 @@ def _edit_lines(e: Edit) -> list[str]:
         else f"{quote(e.subject)} {e.relation}"
     )
     head = f"{e.kind} {about}"
-    rest = f"from {quote(e.old or '')}" if e.kind == "erase" else f"-> {quote(e.target or '')}"
+    if e.kind == "erase":
+        rest = f"from {quote(e.old or '')}" + (f" refusal {quote(e.target)}" if e.target is not None else "")
+    else:
+        rest = f"-> {quote(e.target or '')}"
     if e.kind == "edit" and e.old is not None:
         rest += f" from {quote(e.old)}"
     if e.using is not None:

@@ -45,9 +45,9 @@ import torch
 
 from ..api import apply as apply_script
 from ..api import revert as revert_edit
-from ..editing.method import refuse_undeclared_kinds
+from ..editing.method import refuse_unsupported_requests
 from ..editing.outcome import EditContext, EditOutcome
-from ..editing.request import EditRequest
+from ..editing.request import DEFAULT_REFUSAL, EditRequest
 from ..errors import UsageError
 from ..executor import Executor, PlannedEdit
 from ..lang import check_source
@@ -191,7 +191,7 @@ class _Failed(Exception):
 REQUESTS = {
     "edit": EditRequest(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target="Rome", old="Paris", kind="edit"),
     "insert": EditRequest(subject="Watts Humphrey", prompt="What university did Watts Humphrey attend?", target="Toyota City", kind="insert"),
-    "erase": EditRequest(subject="Louvre", prompt="The Louvre is located in the city of", target="", old="Paris", kind="erase"),
+    "erase": EditRequest(subject="Louvre", prompt="The Louvre is located in the city of", target=DEFAULT_REFUSAL, old="Paris", kind="erase"),
 }
 
 
@@ -265,7 +265,7 @@ class _Runner:
     def apply(self, model: LoadedModel, kind: str | None = None) -> tuple[EditOutcome, EditContext]:
         """One edit as the executor makes it: kinds checked, torch seeded, a fresh journal."""
         request = self.facts[kind or self.kind]
-        refuse_undeclared_kinds(self.spec, [request])
+        refuse_unsupported_requests(self.spec, [request])
         context = EditContext(weights=WeightJournal(model.model), cache_dir=self.workdir / "cache", seed=self.seed, state={})
         torch.manual_seed(self.seed)
         outcome = self.spec.load().apply(model, [request], self.resolved(model), context)
@@ -280,7 +280,8 @@ class _Runner:
         args = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
         using = f"using {self.spec.name}" + (f"({args})" if args else "")
         if kind == "erase":
-            return f"erase {about} from {quote(r.old or 'unknown')} {using};"
+            refusal = f" refusal {quote(r.target)}" if r.target != DEFAULT_REFUSAL else ""
+            return f"erase {about} from {quote(r.old or 'unknown')}{refusal} {using};"
         return f"{kind} {about} -> {quote(r.target)} {using};"
 
     def script_errors(self, params: dict[str, Any]) -> list[str]:

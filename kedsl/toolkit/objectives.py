@@ -1,5 +1,7 @@
 """Training objectives on edit requests, shared by the fine-tuning methods (FT-L, FT-M,
-LoRA/AdaLoRA): each returns a differentiable loss on the live model."""
+LoRA/AdaLoRA, GRACE): each returns a differentiable loss on the live model. An erasure's
+target is its refusal, so the same objectives train erasures; :func:`unlikelihood_loss`
+is the optional term that also pushes the old answer down."""
 from __future__ import annotations
 
 import torch
@@ -45,3 +47,21 @@ def last_prompt_loss(model: LoadedModel, requests: list[EditRequest]) -> torch.T
     logp = torch.log_softmax(model.model(input_ids=ids, attention_mask=mask).logits, dim=-1)
     losses = [-logp[i, len(p) - 1, t].mean() for i, (p, t) in enumerate(zip(prompts, target_rows))]
     return torch.stack(losses).mean()
+
+
+def unlikelihood_loss(model: LoadedModel, requests: list[EditRequest]) -> torch.Tensor | None:
+    """An unlearning term for erasures: mean over the old answer's tokens of
+    ``-log(1 - P(token | prompt, earlier old tokens))``, teacher-forced; it falls as the
+    old answer becomes unlikely. None when no request is an erasure with an old answer."""
+    erased = [r for r in requests if r.kind == "erase" and r.old]
+    if not erased:
+        return None
+    encs = [encode_pair(model.tokenizer, r.prompt, r.old or "") for r in erased]
+    ids, mask = _pad([e.input_ids for e in encs], 0, model.device)
+    logp = torch.log_softmax(model.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+    terms = []
+    for i, e in enumerate(encs):
+        positions = torch.arange(e.prompt_len, len(e.input_ids), device=model.device)
+        p_old = logp[i, positions - 1, ids[i, positions]].exp()  # logits at t - 1 predict token t
+        terms.append(-torch.log1p(-p_old.clamp(max=1 - 1e-6)))
+    return torch.cat(terms).mean()

@@ -6,10 +6,11 @@ last prompt token predicts the target's tokens, keeping every weight within an L
 same layer, teacher-forced cross-entropy on the target tokens only (prompt masked), no
 constraint by default. Both change weights through the executor's journal, so undo,
 revert and audit are exact. Both write a new target the same way whether the fact was
-there before (``edit``) or not (``insert``); they cannot ``erase`` (there is no target to
-train towards). The implementation is :mod:`kedsl_ft.ft`, the parameters are declared
-in :mod:`kedsl_ft.config`; this module holds only descriptors and stays importable
-without torch.
+there before (``edit``) or not (``insert``), and an ``erase`` trains towards its refusal
+("I don't know.", KnowEdit's Sanitation protocol); FT-M's ``unlearn`` adds a true
+unlearning term that lowers the erased answer's probability. The implementation is
+:mod:`kedsl_ft.ft`, the parameters are declared in :mod:`kedsl_ft.config`; this module
+holds only descriptors and stays importable without torch.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ FT_L_SPEC = MethodSpec(
     supports_batch=True,
     supports_sequential=True,
     presets=FT_L_PRESETS,
-    kinds=("edit", "insert"),
+    kinds=("edit", "insert", "erase"),
 )
 FT_M_SPEC = MethodSpec(
     name="ft_m",
@@ -39,7 +40,7 @@ FT_M_SPEC = MethodSpec(
     supports_batch=True,
     supports_sequential=True,
     presets=FT_M_PRESETS,
-    kinds=("edit", "insert"),
+    kinds=("edit", "insert", "erase"),
 )
 
 

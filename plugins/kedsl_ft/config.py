@@ -20,6 +20,12 @@ class FTConfig(MethodConfig):
     weight_decay: float = param(0.0, "Adam weight decay", min=0.0)
     norm_constraint: float = param(0.0, "L∞ bound on each weight's change (0: unconstrained)", min=0.0)
     nll_tol: float = param(1e-2, "stop once the loss is below this", min=0.0)
+    unlearn: float = param(
+        0.0,
+        "erase only: weight of an unlearning term, -log(1 - P(old answer token)) averaged over the old answer, "
+        "added to the refusal's loss (0: KnowEdit's Sanitation protocol alone)",
+        min=0.0,
+    )
 
 
 @dataclass

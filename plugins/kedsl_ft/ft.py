@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method
-from kedsl.toolkit.objectives import last_prompt_loss, masked_target_loss
+from kedsl.toolkit.objectives import last_prompt_loss, masked_target_loss, unlikelihood_loss
 
 from .config import FTConfig, FTLConfig, FTMConfig
 
@@ -54,6 +54,9 @@ class _FineTune(Method):
                 for step in range(cfg.steps):
                     opt.zero_grad(set_to_none=True)
                     loss = self.loss(model, requests)
+                    unlikely = unlikelihood_loss(model, requests) if cfg.unlearn > 0 else None
+                    if unlikely is not None:
+                        loss = loss + cfg.unlearn * unlikely
                     losses.append(float(loss.detach()))
                     if losses[-1] < cfg.nll_tol:
                         break

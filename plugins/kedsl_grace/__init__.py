@@ -11,8 +11,8 @@ nothing pass through bit-identically; the weights are never changed, so GRACE su
 sequences of edits. The outcome is an attachment (kind ``grace_codebook``): saved beside
 the weights, removed exactly by undo and ``kedsl revert``, never merged into weights.
 
-An entry is trained towards a new target, so GRACE edits and inserts facts; it cannot
-erase them. The implementation is :mod:`kedsl_grace.grace` (training) and
+An entry is trained towards a target: a new answer (``edit``, ``insert``) or an erasure's
+refusal (``erase``). The implementation is :mod:`kedsl_grace.grace` (training) and
 :mod:`kedsl_grace.codebook` (the shared codebook, its hooks and the attachment); the
 parameters are declared in :mod:`kedsl_grace.config`; this module holds only
 descriptors and stays importable without torch.
@@ -35,7 +35,7 @@ GRACE_SPEC = MethodSpec(
     supports_sequential=True,
     presets=GRACE_PRESETS,
     attachments=(("grace_codebook", "kedsl_grace.codebook:GraceCodebook"),),
-    kinds=("edit", "insert"),
+    kinds=("edit", "insert", "erase"),
 )
 
 

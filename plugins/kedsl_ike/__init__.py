@@ -8,8 +8,8 @@ retrieves the stored facts most similar to the prompt and prepends them in IKE's
 resembles no stored fact closely enough passes through unchanged, so its scores are
 bit-identical to the unedited model's. Similarity is computed with the edited model
 itself (mean-pooled hidden states of one layer, cosine), so nothing is downloaded.
-Sequential edits add memories that retrieve as one pool. A memory states a new fact, so
-IKE edits and inserts; it cannot erase. The implementation is :mod:`kedsl_ike.ike`, the
+Sequential edits add memories that retrieve as one pool. A memory states the target as a
+new fact: a new answer (``edit``, ``insert``) or an erasure's refusal. The implementation is :mod:`kedsl_ike.ike`, the
 parameters are declared in :mod:`kedsl_ike.config`; this module holds only descriptors
 and stays importable without torch.
 """
@@ -33,7 +33,7 @@ SPEC = MethodSpec(
     supports_sequential=True,
     presets=PRESETS,
     attachments=(("ike_memory", "kedsl_ike.ike:IKEMemory"),),
-    kinds=("edit", "insert"),
+    kinds=("edit", "insert", "erase"),
 )
 
 

@@ -393,10 +393,10 @@ class IKE(Method):
     def apply(self, model: LoadedModel, requests: list[EditRequest], params: dict[str, Any], context: EditContext) -> EditOutcome:
         settings = Settings.from_params(params, model)
         for r in requests:
-            if r.kind == "erase" or not r.target:
+            if not r.target:
                 raise UsageError(
-                    f"IKE cannot erase a fact (edit of {r.subject!r} has no new target)",
-                    "IKE writes new facts into the context: give a target, or use a weight-editing method",
+                    f"IKE cannot {r.kind} {r.subject!r} without a target (an erasure's target is its refusal)",
+                    "IKE writes the target into the context as a new fact: give one",
                 )
         memory = IKEMemory([Fact(r.prompt, r.target, r.subject) for r in requests], settings)
         context.attach(model, memory)

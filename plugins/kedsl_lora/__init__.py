@@ -9,8 +9,8 @@ the trained adapter is the edit's outcome, an attachment (kinds ``lora_adapter``
 adapter folder beside the weights (``save to "dir" adapter;``, the default) or folded into
 them (``save to "dir" merged;``). Sequential edits stack adapters; all stay active.
 
-An adapter is trained towards a new target, so both edit and insert facts; they cannot
-erase. The implementation is :mod:`kedsl_lora.lora` (training) and
+An adapter is trained towards a target: a new answer (``edit``, ``insert``) or an
+erasure's refusal (``erase``). The implementation is :mod:`kedsl_lora.lora` (training) and
 :mod:`kedsl_lora.adapters` (the attachments); the parameters are declared in
 :mod:`kedsl_lora.config`; this module holds only descriptors and stays importable without
 torch.
@@ -34,7 +34,7 @@ LORA_SPEC = MethodSpec(
     supports_sequential=True,
     presets=LORA_PRESETS,
     attachments=(("lora_adapter", "kedsl_lora.adapters:LoraAdapter"),),
-    kinds=("edit", "insert"),
+    kinds=("edit", "insert", "erase"),
 )
 ADALORA_SPEC = MethodSpec(
     name="adalora",
@@ -45,7 +45,7 @@ ADALORA_SPEC = MethodSpec(
     supports_sequential=True,
     presets=ADALORA_PRESETS,
     attachments=(("adalora_adapter", "kedsl_lora.adapters:AdaLoraAdapter"),),
-    kinds=("edit", "insert"),
+    kinds=("edit", "insert", "erase"),
 )
 
 

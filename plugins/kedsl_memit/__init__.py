@@ -27,6 +27,6 @@ def register_methods() -> list[MethodSpec]:
             supports_batch=True,
             supports_sequential=True,
             presets=PRESETS,
-            kinds=("edit",),
+            kinds=("edit", "insert", "erase"),
         )
     ]

@@ -1,5 +1,6 @@
-"""kedsl_metrics: the KnowEdit metrics (Edit Succ., Portability, Locality, Fluency), the
-generation-based efficacy and the CounterFact scores, as defined in design/metrics.md.
+"""kedsl_metrics: the KnowEdit metrics (Edit Succ., Portability, Locality, Fluency; WikiBio's
+long-form success, ConvSent's sentiment success), erasure, the generation-based efficacy
+and the CounterFact scores, as defined in design/metrics.md.
 
 This module holds descriptors only and must stay importable without torch; the
 implementations live in :mod:`kedsl_metrics.measures` and are imported when measured.
@@ -70,6 +71,35 @@ METRICS = [
         doc="Generation-based success: greedy n+5 tokens from the edit prompt start with the target.",
         default_threshold=None,
         prompt_form="answer",
+        prompts_field="rewrite",
+    ),
+    MetricSpec(
+        name="erased",
+        implementation=_IMPL + "Erased",
+        doc="Erasure: share of edit prompts and paraphrases where the old answer is no longer the greedy "
+        "continuation and its teacher-forced probability is below 0.1.",
+        default_threshold=1.0,
+        prompt_form="any",
+        prompts_field="rewrite",
+    ),
+    MetricSpec(
+        name="longform_f1",
+        implementation=_IMPL + "LongformF1",
+        doc="Long-form success by generation (WikiBio): token F1 of the greedy continuation (as many tokens as the "
+        "target) with the target.",
+        default_threshold=None,
+        prompt_form="answer",
+        prompts_field="rewrite",
+    ),
+    MetricSpec(
+        name="sentiment",
+        implementation=_IMPL + "Sentiment",
+        doc="ConvSent success judged by the model's own likelihoods (EasyEdit's es): sigmoid(pos - neg) x "
+        "min(1, exp(pos - pre)), pos/neg the mean token log-probabilities of the answers of the target/other "
+        "sentiment, pre the target's before the edit.",
+        default_threshold=None,
+        needs_baseline=True,
+        prompt_form="none",
         prompts_field="rewrite",
     ),
     MetricSpec(

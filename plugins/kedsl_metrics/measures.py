@@ -117,7 +117,9 @@ class LocalityBaseline:
 
 class Locality(Metric):
     """Share of answer positions where the edited model's argmax equals the unedited
-    model's (measured by :meth:`baseline` before the edit), mean over prompts.
+    model's (measured by :meth:`baseline` before the edit), mean over prompts; where the
+    case names each prompt's key (KnowEdit's ``Relation_Specificity``, ``Forgetfulness``:
+    ``meta["locality_keys"]``), the mean per key, then over keys, as KnowEdit averages.
 
     A prompt without an answer (``"q" unchanged``) is scored on the unedited model's own
     greedy continuation of ``FREE_CONTINUATION_TOKENS`` tokens (EOS if it stops at once),
@@ -157,9 +159,19 @@ class Locality(Metric):
         flat, sizes = _flatten([b.encoded for b in baselines])
         scores = _split(score_encoded(model, flat, batch_size=BATCH_SIZE), sizes)
         out = []
-        for b, s in zip(baselines, scores):
+        for c, b, s in zip(cases, baselines, scores):
             fr = [sum(int(x == y) for x, y in zip(now.predicted, before)) / len(before) for now, before in zip(s, b.argmax)]
-            out.append(MetricResult(_mean(fr), n=len(fr), details={"per_prompt": fr} if fr else {}))
+            keys = c.meta.get("locality_keys")
+            if not fr:
+                out.append(MetricResult(None, n=0))
+            elif keys and len(keys) == len(fr):
+                per_key: dict[str, list[float]] = {}
+                for k, v in zip(keys, fr):
+                    per_key.setdefault(k, []).append(v)
+                means = {k: sum(v) / len(v) for k, v in per_key.items()}
+                out.append(MetricResult(_mean(list(means.values())), n=len(fr), details={"per_prompt": fr, "per_key": means}))
+            else:
+                out.append(MetricResult(_mean(fr), n=len(fr), details={"per_prompt": fr}))
         return out
 
 
@@ -251,6 +263,129 @@ class EfficacyGen(Metric):
         out = []
         for h, ts in zip(_split(hits, sizes), _split(texts, sizes)):
             out.append(MetricResult(_mean(h), n=len(h), details={"generated": ts} if h else {}))
+        return out
+
+
+# -- erasure ---------------------------------------------------------------------------------
+#: An old answer counts as erased from a prompt when greedy decoding no longer starts with
+#: it and its whole-sequence probability is below this.
+ERASED_MAX_PROB = 0.1
+
+
+def _normal(text: str) -> str:
+    """Lower case, quotes and punctuation at the ends dropped: 'PYGMALION' ~ Pygmalion."""
+    return re.sub(r"^\W+|\W+$", "", text.strip().lower())
+
+
+class Erased(Metric):
+    """Per edit prompt and paraphrase: 1 when the old answer is no longer the greedy
+    continuation (n+5 tokens, compared without case and end punctuation) and its
+    teacher-forced whole-sequence probability is below :data:`ERASED_MAX_PROB`; the mean.
+    A case without an old answer has no value."""
+
+    def measure(self, model: LoadedModel, cases: list[EvalCase], baselines: list[Any] | None = None) -> list[MetricResult]:
+        tok = model.tokenizer
+        groups = [[(p, c.old) for p, _ in c.rewrite + c.paraphrase] if c.old else [] for c in cases]
+        flat, sizes = _flatten(groups)
+        probs = [math.exp(x.logprob) for x in teacher_forced(model, flat, batch_size=BATCH_SIZE)] if flat else []
+        budgets = [len(encode_pair(tok, p, a).target_ids) + EFFICACY_GEN_EXTRA_TOKENS for p, a in flat]
+        conts = greedy(model, [p for p, _ in flat], max(budgets, default=0), BATCH_SIZE) if flat else []
+        texts = [tok.decode(ids[:k], skip_special_tokens=True) for ids, k in zip(conts, budgets)]
+        hits = [
+            1.0 if not _normal(text).startswith(_normal(a)) and prob < ERASED_MAX_PROB else 0.0
+            for (_, a), text, prob in zip(flat, texts, probs)
+        ]
+        out = []
+        for h, ps, ts in zip(_split(hits, sizes), _split(probs, sizes), _split(texts, sizes)):
+            out.append(MetricResult(_mean(h), n=len(h), details={"old_probability": ps, "generated": ts} if h else {}))
+        return out
+
+
+# -- WikiBio: long-form success by generation ------------------------------------------------
+def token_f1(predicted: Sequence[int], target: Sequence[int]) -> float:
+    """F1 of the multiset overlap between two token sequences."""
+    common = sum((Counter(predicted) & Counter(target)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(target)
+    return 2 * precision * recall / (precision + recall)
+
+
+class LongformF1(Metric):
+    """Per edit prompt: greedy decoding of as many tokens as the target has, and the token
+    F1 (multiset overlap) of that continuation with the target; the mean. For long-form
+    targets (WikiBio's new passage continuation), where "starts with the target" is
+    all-or-nothing."""
+
+    def measure(self, model: LoadedModel, cases: list[EvalCase], baselines: list[Any] | None = None) -> list[MetricResult]:
+        tok = model.tokenizer
+        flat, sizes = _flatten([_answered(c.rewrite, c.target) for c in cases])
+        targets = [encode_pair(tok, p, t).target_ids for p, t in flat]
+        conts = greedy(model, [p for p, _ in flat], max((len(t) for t in targets), default=0), BATCH_SIZE) if flat else []
+        f1 = [token_f1(ids[: len(t)], t) for ids, t in zip(conts, targets)]
+        return [MetricResult(_mean(v), n=len(v), details={"per_prompt": v} if v else {}) for v in _split(f1, sizes)]
+
+
+# -- ConvSent: sentiment success, judged by the model's own likelihoods -------------------------
+@dataclass
+class SentimentBaseline:
+    """The unedited model's mean token log-probability of the answers of the target sentiment."""
+
+    target_logprob: float
+
+
+def _sentiment_pairs(case: EvalCase) -> tuple[list[tuple[str, str]], list[bool]] | None:
+    spec = case.meta.get("sentiment")
+    if not spec:
+        return None
+    question, target, answers = spec["question"], spec["target"], spec["answers"]
+    pairs, is_target = [], []
+    for sentiment, texts in answers.items():
+        for a in texts:
+            pairs.append((question, a))
+            is_target.append(sentiment == target)
+    return pairs, is_target
+
+
+def _pooled(scores: Sequence[Any], chosen: Sequence[bool]) -> float:
+    """Mean log-probability per token over the chosen answers, their tokens pooled."""
+    logps = [lp for s, c in zip(scores, chosen) if c for lp in s.logprobs]
+    return sum(logps) / len(logps) if logps else float("nan")
+
+
+class Sentiment(Metric):
+    """ConvSent's success (EasyEdit's ``es``, Mitchell et al.'s SERAC): the model itself
+    judges, by likelihood, whether it now answers the question about the entity with the
+    target sentiment. With ``pos`` and ``neg`` the mean per-token log-probability (tokens
+    pooled) of the answers of the target and the other sentiment after the question, and
+    ``pre`` the target sentiment's before the edit: ``sigmoid(pos - neg) * min(1,
+    exp(pos - pre))``. The first factor asks that the target sentiment be the more likely
+    one, the second that its answers did not merely lose less likelihood than the others."""
+
+    def _scores(self, model: LoadedModel, cases: list[EvalCase]) -> list[tuple[list[Any], list[bool]] | None]:
+        prepared = [_sentiment_pairs(c) for c in cases]
+        flat, sizes = _flatten([p[0] if p else [] for p in prepared])
+        scores = _split(teacher_forced(model, flat, batch_size=BATCH_SIZE), sizes) if flat else [[] for _ in cases]
+        return [(s, p[1]) if p else None for s, p in zip(scores, prepared)]
+
+    def baseline(self, model: LoadedModel, cases: list[EvalCase]) -> list[SentimentBaseline | None]:
+        return [SentimentBaseline(_pooled(*x)) if x else None for x in self._scores(model, cases)]
+
+    def measure(self, model: LoadedModel, cases: list[EvalCase], baselines: list[Any] | None) -> list[MetricResult]:
+        if baselines is None or len(baselines) != len(cases):
+            raise ValueError("sentiment needs one baseline per case, measured on the unedited model")
+        out = []
+        for x, base in zip(self._scores(model, cases), baselines):
+            if x is None or base is None:
+                out.append(MetricResult(None, n=0))
+                continue
+            scores, is_target = x
+            pos, neg = _pooled(scores, is_target), _pooled(scores, [not t for t in is_target])
+            z_sent = 1.0 / (1.0 + math.exp(-(pos - neg)))
+            z_topic = min(1.0, math.exp(pos - base.target_logprob))
+            details = {"target_logprob": pos, "other_logprob": neg, "pre_target_logprob": base.target_logprob,
+                       "z_sentiment": z_sent, "z_topic": z_topic}  # fmt: skip
+            out.append(MetricResult(z_sent * z_topic, n=len(scores), details=details))
         return out
 
 

@@ -28,6 +28,6 @@ def register_methods() -> list[MethodSpec]:
             supports_batch=False,
             supports_sequential=True,
             presets=PRESETS,
-            kinds=("edit",),
+            kinds=("edit", "insert", "erase"),
         )
     ]

@@ -106,8 +106,6 @@ class ROME(Method):
         cfg = configure(params, context.seed, model)
         request = requests[0]
         model.check_layer(cfg.layer)
-        if request.kind != "edit":
-            raise UsageError(f"rome cannot {request.kind} facts, only edit them", "use an edit statement")
         t0 = time.perf_counter()
         say = context.progress or (lambda s: None)
 

@@ -48,7 +48,7 @@ GRADIENT_STEP = MethodSpec(
     config=GradientStepConfig,
     doc="A few plain gradient steps on one MLP output projection (a teaching example, not a good editor).",
     supports_batch=True,
-    kinds=("edit", "insert"),  # it trains towards a target: nothing to train towards when erasing
+    kinds=("edit", "insert", "erase"),  # an erasure's target is its refusal: trained like any other
 )
 
 
