@@ -19,8 +19,8 @@ _SEARCH = {"mom2_samples": 1500, "stats_corpus": STATS_CORPUS, "context_count": 
 #: Settings that make each built-in fast on the kit's 4-layer model.
 BUILT_IN = {
     "rome": {"layer": 1, "v_weight_decay": 0.0, "clamp_norm_factor": 1e4, **_SEARCH},
-    "memit": {"layers": [1, 2], **_SEARCH},
-    "alphaedit": {"layers": [1, 2], **_SEARCH},
+    "memit": {"layers": [1, 2], "v_weight_decay": 0.0, "clamp_norm_factor": 1e4, **_SEARCH},
+    "alphaedit": {"layers": [1, 2], "null_space_threshold": 0.05, "l2": 1e-3, "v_weight_decay": 0.0, "clamp_norm_factor": 1e4, **_SEARCH},
     "ft_l": {"layer": 1, "steps": 5},
     "ft_m": {"layer": 1, "steps": 5},
     "lora": {"layers": [1, 2], "lr": 1e-2, "steps": 5},

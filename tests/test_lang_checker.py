@@ -243,3 +243,11 @@ def test_resolve_edits_raises_with_all_diagnostics(tmp_path):
         resolve_edits(script, REG, tmp_path)
     assert [d.code for d in info.value.diagnostics] == ["unknown-relation", "unknown-method"]
     assert "and 1 more" in info.value.message
+
+
+def test_a_kind_the_method_cannot_do_is_an_error_with_the_methods_that_can():
+    assert diags_of(HEAD + 'erase "S" P103 from "French" using solo;\n') == [("unsupported-kind", 2, 1)]
+    _, (d,) = check_source(HEAD + 'erase "S" P103 from "French" using solo;\n', "t.ke", REG)
+    assert "`solo` cannot erase" in d.message and "ft_m, memit, rome" in d.hint
+    assert codes(HEAD + 'erase "S" P103 from "French" refusal "" using rome;\n') == ["empty-refusal"]
+    assert codes(HEAD + 'insert "S" P103 -> "French" using rome;\n') == []

@@ -120,3 +120,14 @@ def test_syntax_errors_raise_script_error_with_all_of_them():
 def test_parse_with_diagnostics_returns_none_on_error():
     script, diags = parse_with_diagnostics('edit "S" r -> "T"', "x.ke")
     assert script is None and diags[0].filename == "x.ke" and diags[0].code == "missing-semicolon"
+
+
+def test_erase_may_name_its_refusal_and_formats_it():
+    from kedsl.lang import format_script
+
+    plain, named = parse('erase "S" r from "Old";\nerase prompt "Who is S?" subject "S" from "Old" refusal "No idea." using rome;').edits()
+    assert (plain.target, named.target, named.old, named.using.name) == (None, "No idea.", "Old", "rome")
+    text = format_script(parse('erase "S" r from "Old" refusal "No idea.";'))
+    assert text == 'erase "S" r from "Old" refusal "No idea.";\n' and parse(text).edits()[0].target == "No idea."
+    # `refusal` is a keyword only where it may stand: a relation may still be called so
+    assert parse('edit "S" refusal -> "T";').edits()[0].relation == "refusal"

@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..editing.request import EditRequest
+from ..editing.request import DEFAULT_REFUSAL, EditRequest
 from ..errors import UsageError, did_you_mean
 from ..lang import ast
 from ..registry import Registry, get_registry
+from ..registry.specs import CHANGE_KINDS
 
 
 class Editor:
@@ -41,10 +42,19 @@ class Editor:
         method: str = "rome",
         params: dict[str, Any] | None = None,
         expect: Iterable[ast.Expect] = (),
+        kind: str = "edit",
     ) -> Any:
-        """Apply one edit (relation form, or a free ``prompt`` containing ``subject``)."""
+        """Apply one change (relation form, or a free ``prompt`` containing ``subject``).
+        ``kind`` is ``edit``, ``insert`` or ``erase``; an erasure's ``target`` is the
+        refusal (default "I don't know.") and ``old`` the answer to erase."""
         from ..executor import PlannedEdit
 
+        if kind not in CHANGE_KINDS:
+            raise UsageError(f"unknown kind of change `{kind}`", "one of: " + ", ".join(CHANGE_KINDS))
+        if kind == "erase":
+            target = target or DEFAULT_REFUSAL
+            if not old:
+                raise UsageError("an erasure needs the answer to erase", "pass old=...")
         if not target:
             raise UsageError("an edit needs a non-empty target", "pass target=...")
         paraphrases: list[str] = []
@@ -59,7 +69,7 @@ class Editor:
         elif subject not in prompt:
             raise UsageError(f"the subject {subject!r} does not occur in the prompt {prompt!r}")
         self.registry.method(method)
-        req = EditRequest(subject=subject, prompt=prompt, target=target, old=old, relation=relation, paraphrases=paraphrases)
+        req = EditRequest(subject=subject, prompt=prompt, target=target, old=old, kind=kind, relation=relation, paraphrases=paraphrases)
         (report,) = self.executor.run([PlannedEdit(req, method, dict(params or {}), list(expect))])
         self.reports.append(report)
         return report

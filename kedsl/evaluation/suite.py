@@ -63,6 +63,9 @@ SUITES = {"knowedit": KNOWEDIT}
 #: The paper's names for the rows (Edit Succ. is ConvSent's sentiment success there).
 ROW_LABELS = {"efficacy": "Edit Succ.", "sentiment": "Edit Succ. (sentiment)", "efficacy_gen": "Edit Succ. (generation)"}
 
+#: The table's column order (others follow, by name).
+COLUMN_ORDER = ("ft_l", "ft_m", "rome", "memit", "alphaedit", "lora", "adalora", "ike", "grace", "mend", "serac")
+
 #: Our methods and the paper's column for the same method (ICE is its in-context editing).
 PAPER_METHODS = {"rome": "ROME", "memit": "MEMIT", "ft_l": "FT-L", "ft_m": "FT-M", "adalora": "AdaLoRA", "ike": "ICE",
                  "mend": "MEND", "serac": "SERAC"}  # fmt: skip
@@ -189,11 +192,10 @@ def run_suite(
 
 
 def collect_results(suite: Sequence[SuiteDataset], out: Path) -> dict[str, dict[str, Any]]:
-    """Every finished cell under ``out``: ``{dataset: {method: record}}``, methods in the
-    order their cells were finished."""
+    """Every finished cell under ``out``: ``{dataset: {method: record}}``."""
     found: dict[str, dict[str, Any]] = {}
     for d in suite:
-        cells = []
+        cells = {}
         for path in sorted((out / d.name).glob("*.json")) if (out / d.name).is_dir() else []:
             try:
                 record = json.loads(path.read_text(encoding="utf-8"))
@@ -201,9 +203,9 @@ def collect_results(suite: Sequence[SuiteDataset], out: Path) -> dict[str, dict[
                 log.warning("%s is not readable JSON; left out of the table", path)
                 continue
             if "aggregate" in record and "cell" in record:
-                cells.append((path.stat().st_mtime, record["cell"]["method"], record))
+                cells[record["cell"]["method"]] = record
         if cells:
-            found[d.name] = {m: r for _, m, r in sorted(cells, key=lambda c: c[0])}
+            found[d.name] = cells
     return found
 
 
@@ -249,6 +251,8 @@ def write_summaries(suite_name: str, suite: Sequence[SuiteDataset], results: dic
     written = []
     for d in suite:
         by_method = results.get(d.name, {})
+        if not by_method:
+            continue
         summary = {
             "dataset": d.name,
             "task": d.task,
@@ -277,12 +281,15 @@ def _cell_text(metric: str, value: float | None) -> str:
 def render_suite_table(suite: Sequence[SuiteDataset], results: dict[str, dict[str, Any]]) -> str:
     """The paper's layout: a row per dataset and metric, a column per method; each cell is
     ours, then the paper's Llama-2-7b-chat number in parentheses where the paper has it."""
-    methods = list(dict.fromkeys(m for by_m in results.values() for m in by_m))
+    found = {m for by_m in results.values() for m in by_m}
+    methods = sorted(found, key=lambda m: (COLUMN_ORDER.index(m) if m in COLUMN_ORDER else len(COLUMN_ORDER), m))
     head = ["Dataset", "Metric"] + [m + (f" ({PAPER_METHODS[m]})" if m in PAPER_METHODS else "") for m in methods]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---", ":---"] + ["---:"] * len(methods)) + "|"]
     counts = []
     for d in suite:
         by_m = results.get(d.name, {})
+        if not by_m:
+            continue
         lines.append(f"| **{d.name}** ({d.task}) |" + " |" * (len(methods) + 1))
         for row in d.rows:
             cells = []
