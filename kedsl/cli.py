@@ -469,6 +469,43 @@ def _bench_suite(suite: str, method_list: str | None, dataset_list: str | None, 
 
 
 @main.command()
+@click.argument("method")
+@click.option("--model", "model_ref", default="smollm2-135m", show_default=True, help="The base model the editor is trained for.")
+@click.option("--data", "data_files", multiple=True, required=True, type=click.Path(dir_okay=True), help="Training records (repeatable; any layout `kedsl bench` reads).")
+@click.option("--val", "val_file", type=click.Path(dir_okay=True), default=None, help="Validation records (default: the last --val-size training examples are held back).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="The editor's folder (a checkpoint there is resumed).")
+@click.option("--param", "param_args", multiple=True, metavar="NAME=VALUE", help="A hyper-parameter of the method's editor (repeatable).")
+@click.option("--max-steps", type=int, default=2000, show_default=True, help="Stop after this many steps (in all, across resumed runs).")
+@click.option("--max-minutes", type=float, default=None, help="Stop after this much training time (in all, across resumed runs).")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Training edits per step.")
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam's learning rate for the editor.")
+@click.option("--val-every", type=int, default=100, show_default=True, help="Validate (and checkpoint) every this many steps.")
+@click.option("--val-size", type=int, default=50, show_default=True, help="Validation examples.")
+@click.option("--patience", type=int, default=5, show_default=True, help="Stop after this many validations without a better score.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--db", default=None, type=click.Path(dir_okay=False), help="Provenance database (default: $KEDSL_DB, else ./kedsl.db).")
+@handle_errors
+def train(method: str, model_ref: str, data_files: tuple[str, ...], val_file: str | None, out_dir: str, param_args: tuple[str, ...],
+          max_steps: int, max_minutes: float | None, batch_size: int, lr: float, val_every: int, val_size: int, patience: int,
+          seed: int, db: str | None) -> None:  # fmt: skip
+    """Train METHOD's editor (mend, serac) for a base model, with progress, validation,
+    early stopping and checkpoints: run the same command again after a crash and it
+    resumes. The editor (safetensors + JSON with its data's SHA-256 and validation curve)
+    goes to --out; the run is recorded in the provenance store."""
+    from . import api
+
+    editor = api.train(
+        method, model=model_ref, data=list(data_files), val=val_file, out=out_dir, params=api.parse_trainer_params(method, param_args),
+        max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, lr=lr, val_every=val_every, val_size=val_size,
+        patience=patience, seed=seed, db=db, argv=sys.argv,
+        progress=lambda step, total, msg: click.echo(f"[{step}/{total}] {msg}", err=True),
+    )  # fmt: skip
+    best = editor.get("best_score")
+    click.echo(f"trained {method} editor in {out_dir}: {editor['steps']} steps ({editor['stopped']}), best validation score "
+               f"{best:.4f} at step {editor['best_step']}, {editor['wall_seconds'] / 60:.1f} min")  # fmt: skip
+
+
+@main.command()
 @click.argument("script", type=click.Path(dir_okay=False))
 @click.option("--tokens", type=click.IntRange(min=1), default=12, show_default=True, help="Tokens the model says per prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -69,6 +69,27 @@ def layer_curves(curves: dict[str, Sequence[float]], title: str, ylabel: str, pa
     return _save(plt, fig, path)
 
 
+def training_curve(curve: Sequence[dict[str, Any]], title: str, path: str | Path) -> Path:
+    """An editor's training: the training loss (left axis) and the validation score (right
+    axis) over steps, the best validation marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=150)
+    losses = [(c["step"], c["loss"]) for c in curve if c.get("loss") is not None]
+    if losses:
+        ax.plot(*zip(*losses), marker="o", markersize=3, color="tab:blue", label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (at validation)", color="tab:blue")
+    right = ax.twinx()
+    scores = [(c["step"], c["score"]) for c in curve]
+    right.plot(*zip(*scores), marker="s", markersize=3, color="tab:orange", label="validation score")
+    best = max(scores, key=lambda s: s[1])
+    right.axvline(best[0], linestyle="--", color="grey", linewidth=1)
+    right.set_ylabel("validation score", color="tab:orange")
+    ax.set_title(f"{title}\nbest validation {best[1]:.3f} at step {best[0]}", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
+
+
 def _save(plt: Any, fig: Any, path: str | Path) -> Path:
     fig.tight_layout()
     out = Path(path)

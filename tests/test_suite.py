@@ -74,3 +74,14 @@ def test_suite_names_are_checked_before_the_model_loads(data_dir):
     assert r.exit_code == 2
     r = runner.invoke(main, ["bench", "--suite", "knowedit", "--methods", "rome", "--param", "ft_m.steps=2"])
     assert r.exit_code == 2 and "METHOD.NAME=VALUE" in r.output
+
+
+def test_the_unedited_models_baselines_are_measured_once_per_dataset(data_dir, tmp_path, tiny_llama, monkeypatch):
+    from kedsl_metrics import measures
+
+    calls = []
+    real = measures.Locality.baseline
+    monkeypatch.setattr(measures.Locality, "baseline", lambda self, model, cases: calls.append(len(cases)) or real(self, model, cases))
+    suite_mod.run_suite(tiny_llama, Registry(), "knowedit", ["ft_m", "ike"], data_dir, tmp_path / "out", limit=2,
+                        params={"ft_m": {"layer": 1, "steps": 2}, "ike": {"layer": 1}}, datasets=["ZsRE"])  # fmt: skip
+    assert calls == [2]  # two methods, one dataset: one locality baseline

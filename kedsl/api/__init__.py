@@ -13,7 +13,8 @@ The CLI is a thin layer over these functions::
 
 - :mod:`.scripts`: :func:`apply`, :func:`plan`, :func:`plan_report`, :func:`load_checked`;
 - :mod:`.editor`: :class:`Editor`;
-- :mod:`.history`: :func:`revert`, :func:`replay`.
+- :mod:`.history`: :func:`revert`, :func:`replay`;
+- :mod:`.training`: :func:`train` (a MEND or SERAC editor).
 
 Importing it imports no torch; the operations do.
 """
@@ -21,8 +22,9 @@ from ..lang import read_script
 from .editor import Editor
 from .history import replay, revert
 from .scripts import DEFAULT_DB, apply, default_db_path, load_checked, model_settings, plan, plan_report, script_on_fail
+from .training import parse_trainer_params, train
 
 __all__ = [
     "DEFAULT_DB", "Editor", "apply", "default_db_path", "load_checked", "model_settings", "plan", "plan_report",
-    "read_script", "replay", "revert", "script_on_fail",
+    "parse_trainer_params", "read_script", "replay", "revert", "script_on_fail", "train",
 ]  # fmt: skip

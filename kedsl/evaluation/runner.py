@@ -214,10 +214,16 @@ def run_bench(
     data: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    unedited: dict[str, Any] | None = None,
 ) -> BenchResult:
     """Edit ``model`` with ``settings.method`` for each :class:`~kedsl.evaluation.datasets.BenchCase` and
     measure the metrics. ``data`` (path, sha256, format, limit, offset) goes into the
-    config as given. In single and batch mode the model ends as it started."""
+    config as given. In single and batch mode the model ends as it started.
+
+    ``unedited`` is a dict the caller keeps across runs on the same model and cases (a
+    suite's methods on one dataset): what is measured on the unedited model (baselines,
+    pre-edit values) is stored in it and taken from it, keyed by the model's fingerprint,
+    the metric and the cases, instead of being measured again."""
     import torch
 
     from ..editing.outcome import EditContext, EditOutcome
@@ -255,15 +261,25 @@ def run_bench(
 
     # 1. On the unedited model: baselines and pre-edit measurements, batched across cases.
     baselines: dict[str, list[Any]] = {}
+    cases_key = tuple(c.index for c in cases)
+
+    def once(m: str, measure_it: Callable[[], Any]) -> Any:
+        if unedited is None:
+            return measure_it()
+        key = (fp_before, m, cases_key)
+        if key not in unedited:
+            unedited[key] = measure_it()
+        return unedited[key]
+
     if n:
         for m in metrics:
             mspec = registry.metric("efficacy" if m == PRE_EFFICACY else m)
             if m == PRE_EFFICACY:
                 say(0, n, "pre-edit efficacy")
-                _store(records, range(n), PRE_EFFICACY, impls[m].measure(model, evals, None), jsonable)
+                _store(records, range(n), PRE_EFFICACY, once(m, lambda m=m: impls[m].measure(model, evals, None)), jsonable)
             elif mspec.needs_baseline:
                 say(0, n, f"{m} baseline (unedited model)")
-                baselines[m] = impls[m].baseline(model, evals)
+                baselines[m] = once(m, lambda m=m: impls[m].baseline(model, evals))
                 if m in FLUENCY_METRICS:  # the pre-edit fluency is worth its own column
                     for r, e, b in zip(records, evals, baselines[m]):
                         r["metrics"][f"pre_{m}"] = b

@@ -161,6 +161,7 @@ def run_suite(
     results: dict[str, dict[str, Any]] = {}
     for d, row in cells:
         cases = None
+        unedited: dict[Any, Any] = {}  # baselines on the unedited model, shared by the dataset's cells
         for cell in row:
             done += 1
             label = f"[cell {done}/{total}] {d.name} x {cell.method}"
@@ -179,7 +180,7 @@ def run_suite(
             info = {"data_path": str(files[d.name]), "data_sha256": data_sha256(files[d.name]), "format": cases[0].format,
                     "split": split, "limit": limit, "records": [c.index for c in cases], "dataset": d.name}  # fmt: skip
             started = time.perf_counter()
-            result = run_bench(model, cases, settings, registry=registry, data=info,
+            result = run_bench(model, cases, settings, registry=registry, data=info, unedited=unedited,
                                progress=lambda i, n, msg, lab=label: say(f"{lab} [{i}/{n}] {msg}"))  # fmt: skip
             record = result.to_json()
             record["cell"] = {"key": cell.key, "dataset": d.name, "method": cell.method, "wall_seconds": time.perf_counter() - started}

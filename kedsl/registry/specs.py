@@ -54,6 +54,9 @@ class MethodSpec:
     attachments: tuple[tuple[str, str], ...] = ()
     config: type | None = None
     kinds: tuple[str, ...] = ("edit",)
+    #: ``"package.module:Class"`` of the method's :class:`kedsl.training.trainer.Trainer`,
+    #: for methods whose editor is trained first (``kedsl train METHOD``); None otherwise.
+    trainer: str | None = None
 
     def __post_init__(self) -> None:
         if self.config is not None:
