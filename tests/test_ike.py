@@ -160,7 +160,8 @@ def test_a_bos_token_stays_first(tiny_tokenizer):
 
 
 def test_embeddings_leave_out_the_first_position_and_are_standardised(tiny_llama):
-    from kedsl_ike.ike import _layer_states, embed, reference_stats
+    from kedsl.toolkit.embeddings import embed, reference_stats
+    from kedsl.toolkit.embeddings import layer_states as _layer_states
 
     model = tiny_llama
     ids = encode_prompt(model.tokenizer, EIFFEL.prompt)

@@ -2,6 +2,7 @@
 and the table; the names are checked before any model loads."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -48,6 +49,14 @@ def test_suite_runs_each_cell_once_and_resumes(data_dir, tmp_path, tiny_llama, m
     calls.clear()
     suite_mod.run_suite(tiny_llama, Registry(), "knowedit", ["ft_m", "ike"], data_dir, out, **args)
     assert calls == [("ZsRE", "ike", [1])]
+    # a changed default (no setting given changed) makes the cell stale too
+    calls.clear()
+    registry = Registry()
+    spec = registry.method("ft_m")
+    changed = tuple(dataclasses.replace(p, default=p.default * 2) if p.name == "nll_tol" else p for p in spec.params)
+    monkeypatch.setitem(registry.methods, "ft_m", dataclasses.replace(spec, params=changed, config=None))
+    suite_mod.run_suite(tiny_llama, registry, "knowedit", ["ft_m", "ike"], data_dir, out, **{**args, "datasets": ["ZsRE"]})
+    assert calls == [("ZsRE", "ft_m", [1])]
     # other settings are other cells
     calls.clear()
     suite_mod.run_suite(tiny_llama, Registry(), "knowedit", ["ft_m"], data_dir, out, **{**args, "limit": 2, "datasets": ["ZsRE"]})

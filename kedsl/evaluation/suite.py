@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 from ..errors import DataError, UsageError, did_you_mean
 from ..records import canonical_json
 from ..registry import Registry
+from ..registry.params import resolve_params
 from .datasets import read_cases, split_indices
 from .runner import BenchSettings, check_settings, data_sha256, run_bench
 from .table import LABELS
@@ -107,7 +108,8 @@ class Cell:
     dataset: SuiteDataset
     method: str
     path: Path
-    key: str  # a digest of everything the cell's numbers depend on
+    key: str  # a digest of the settings given (data, split, limit, model, seed, parameters)
+    params: dict[str, Any]  # the method's parameters as they resolve now (defaults and presets included)
 
 
 def resolve_files(suite: Sequence[SuiteDataset], data_dir: Path) -> dict[str, Path]:
@@ -154,7 +156,9 @@ def run_suite(
         row = []
         for m in methods:
             key = hashlib.sha256(canonical_json({**base, "method": m, "params": params.get(m, {})}).encode()).hexdigest()
-            row.append(Cell(d, m, out / d.name / f"{m}.json", key))
+            spec = registry.method(m)
+            resolved = resolve_params(spec.params, params.get(m, {}), spec.presets, model.arch.preset_family)
+            row.append(Cell(d, m, out / d.name / f"{m}.json", key, resolved))
         cells.append((d, row))
     total = sum(len(row) for _, row in cells)
     done = 0
@@ -236,7 +240,11 @@ def _finished(cell: Cell) -> dict[str, Any] | None:
         record = json.loads(cell.path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return record if (record.get("cell") or {}).get("key") == cell.key else None
+    if (record.get("cell") or {}).get("key") != cell.key:
+        return None
+    # a changed default or preset changes the numbers too, though no setting given changed
+    same = canonical_json((record.get("config") or {}).get("params")) == canonical_json(cell.params)
+    return record if same else None
 
 
 def _write_atomic(path: Path, record: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import did_you_mean
+from ..registry.editors import EDITOR_PARAM, editor_problem
 from ..registry.params import validate_params
 from ..registry.specs import MethodSpec, Relation
 from .ast import Batch, Edit, Ident, MethodCall, ModelStmt, OnFailStmt, Pos, RelationStmt, SaveStmt, Script, UseStmt
@@ -197,7 +198,19 @@ class _Checker:
         for name, message, hint in validate_params(spec.params, call_params(call)):
             code = "unknown-parameter" if message.startswith("unknown parameter") else "bad-parameter"
             self.err(args_by_name[name].pos, message, code, hint)
+        if spec.trainer is not None:  # a trained editor's folder: there, and of this method
+            given = args_by_name.get(EDITOR_PARAM)
+            folder = self.editor_folder(str(_plain(given.value))) if given is not None else ""
+            problem = editor_problem(folder, spec.name)
+            if problem is not None:
+                self.err(given.pos if given is not None else _name_pos(call), problem[0], "bad-editor", problem[1])
         return spec
+
+    def editor_folder(self, value: str) -> str:
+        if not value.strip():
+            return ""
+        folder = Path(value).expanduser()
+        return str(folder if folder.is_absolute() else self.base_dir / folder)
 
     # -- edits --------------------------------------------------------------------
     def check_batch(self, b: Batch, default: MethodCall | None) -> None:
@@ -313,7 +326,7 @@ class _Checker:
 def check(script: Script, registry: Any, base_dir: str | os.PathLike[str] | None = None) -> list[Diagnostic]:
     """Every problem in ``script`` (resolved against ``registry``), sorted by position.
 
-    Relative ``save to`` paths are resolved against ``base_dir`` (default: the current
+    Relative ``save to`` paths and editor folders are resolved against ``base_dir`` (default: the current
     working directory, which is where ``apply`` writes).
     """
     return _Checker(script, registry, base_dir).run()
@@ -357,14 +370,25 @@ def resolve_edits(script: Script, registry: Any, base_dir: str | os.PathLike[str
         assert found is not None, name  # check() reported unknown relations
         return found
 
+    root = Path(base_dir) if base_dir is not None else Path.cwd()
+
+    def params_of(call: MethodCall) -> dict[str, Any]:
+        params = call_params(call)
+        spec = registry.methods.get(call.name)
+        if spec is not None and spec.trainer is not None and params.get(EDITOR_PARAM):
+            # the folder check() found, whatever the working directory of the edit
+            folder = Path(str(params[EDITOR_PARAM])).expanduser()
+            params[EDITOR_PARAM] = str((folder if folder.is_absolute() else root / folder).absolute())
+        return params
+
     def one(e: Edit, call: MethodCall, batch: int | None) -> ResolvedEdit:
         if e.prompt is not None:
-            return ResolvedEdit(e, e.prompt, [], None, None, call.name, call_params(call), batch, policy)
+            return ResolvedEdit(e, e.prompt, [], None, None, call.name, params_of(call), batch, policy)
         assert e.relation is not None
         rel = relation_of(e.relation)
         return ResolvedEdit(
             e, rel.prompt(e.subject), rel.paraphrase_prompts(e.subject), rel.id, rel,
-            call.name, call_params(call), batch, policy,
+            call.name, params_of(call), batch, policy,
         )
 
     out: list[ResolvedEdit] = []

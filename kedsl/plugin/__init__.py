@@ -31,7 +31,9 @@ The names in the first group below are torch-free; those in the second import to
 first use, so a descriptor module that uses only the first stays light (``kedsl check``
 and ``kedsl plugins`` never import torch). The shared editing toolkit
 (:mod:`kedsl.toolkit`: tokens, activations, scoring, statistics, the value search,
-multi-layer updates, tracing) is public for method authors too. :mod:`kedsl.plugin.testing`
+multi-layer updates, prompt embeddings, tracing) is public for method authors too. A method
+whose editor is trained first (MEND, SERAC) names a :class:`Trainer` in its spec and loads
+the trained editor with ``load_editor``. :mod:`kedsl.plugin.testing`
 is the conformance kit a method author runs against their method.
 """
 from __future__ import annotations
@@ -48,6 +50,7 @@ from ..evaluation.metric import Metric, MetricResult
 from ..registry.hookspecs import hookimpl
 from ..registry.params import MethodConfig, Param, Preset, Range, param
 from ..registry.specs import CHANGE_KINDS, ArchitectureSpec, MethodSpec, MetricSpec, ModelSourceSpec, Relation
+from ..training.trainer import Trainer, TrainingExample
 
 if TYPE_CHECKING:
     from ..editing.outcome import EditContext, EditOutcome
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
     from ..model.handle import LoadedModel
     from ..model.journal import WeightChange, WeightJournal
     from ..model.loading import load_gguf, load_pretrained
+    from ..training.editors import load_editor
 
 #: Torch-bound names, imported on first use: name -> module.
 _ON_FIRST_USE = {
@@ -66,6 +70,7 @@ _ON_FIRST_USE = {
     "LoadedModel": "kedsl.model.handle",
     "load_pretrained": "kedsl.model.loading",
     "load_gguf": "kedsl.model.loading",
+    "load_editor": "kedsl.training.editors",
 }
 
 __all__ = [
@@ -75,6 +80,8 @@ __all__ = [
     "MethodConfig", "param", "Param", "Preset", "Range",
     # what methods and metrics receive and return
     "Method", "EditRequest", "Metric", "MetricResult", "EvalCase", "Pair",
+    # trained editors (kedsl train): what a method's trainer is and learns from
+    "Trainer", "TrainingExample",
     # errors a user can cause, and the cache folders
     "UsageError", "ModelError", "DataError", "PluginError", "models_dir", "stats_dir", "wheels_dir",
     # torch-bound, imported on first use

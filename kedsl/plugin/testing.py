@@ -13,7 +13,8 @@ kedsl's method contract, on a tiny model built in the test::
 :class:`ConformanceReport`; one failing check does not hide the others:
 
 - ``params``: every declared parameter is what ``kedsl check`` validates: its default is
-  accepted in a script, a value of the wrong type and one outside ``min``/``max`` are
+  accepted in a script (with the other ``params`` given; a trained method's ``editor``
+  has no usable default and is left out), a value of the wrong type and one outside ``min``/``max`` are
   rejected, an undeclared name is rejected, and the configuration class (if any) is built
   from the resolved parameters;
 - ``undo``: the edit changes something, changes weights only through ``context.weights``,
@@ -53,6 +54,7 @@ from ..executor import Executor, PlannedEdit
 from ..lang import check_source
 from ..lang.fmt import format_value, quote
 from ..model.attachments import attachments_digest, detached
+from ..registry.editors import EDITOR_PARAM
 from ..model.handle import LoadedModel
 from ..model.journal import WeightJournal
 from ..model.loading import load_model
@@ -293,14 +295,16 @@ class _Runner:
     def check_params(self) -> str:
         problems: list[str] = []
         for p in self.spec.params:
-            if p.default is not None:
+            # the other parameters as the edits give them (a trained method's editor is required)
+            required = self.spec.trainer is not None and p.name == EDITOR_PARAM
+            if p.default is not None and not required:
                 _, err = p.validate(p.default)
                 if err:
                     problems.append(f"the default of `{p.name}` is invalid: {err}")
-                elif self.script_errors({p.name: p.default}):
-                    problems.append(f"`kedsl check` rejects `{p.name}` at its default {p.default!r}: {self.script_errors({p.name: p.default})}")
+                elif self.script_errors({**self.given, p.name: p.default}):
+                    problems.append(f"`kedsl check` rejects `{p.name}` at its default {p.default!r}: {self.script_errors({**self.given, p.name: p.default})}")
             for label, value in _invalid_values(p):
-                if not self.script_errors({p.name: value}):
+                if not self.script_errors({**self.given, p.name: value}):
                     problems.append(f"`kedsl check` accepts `{p.name}={format_value(value)}` ({label})")
         if not any("unknown-parameter" in e for e in self.script_errors({"not_a_declared_parameter": 1})):
             problems.append("`kedsl check` accepts an undeclared parameter")

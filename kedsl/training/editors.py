@@ -14,11 +14,9 @@ from safetensors.torch import load_file
 
 from ..errors import ModelError, UsageError
 from ..model.handle import LoadedModel
+from ..registry.editors import EDITOR_CONFIG, EDITOR_TENSORS, read_editor_config
 from ..toolkit.stats import base_fingerprint
 
-EDITOR_TENSORS = "editor.safetensors"
-EDITOR_CONFIG = "editor.json"
-FORMAT = "kedsl-editor/1"
 
 
 def file_sha256(path: Path) -> str:
@@ -27,21 +25,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def read_editor_config(directory: str | Path) -> dict[str, Any]:
-    """An editor's JSON (torch-free callers may use this too)."""
-    d = Path(directory)
-    path = d / EDITOR_CONFIG
-    if not path.is_file():
-        raise ModelError(f"no trained editor in {d} (it has no {EDITOR_CONFIG})", "train one with `kedsl train METHOD ... --out DIR`")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path} is not readable JSON ({exc})") from None
-    if config.get("format") != FORMAT:
-        raise ModelError(f"{path} is not a kedsl editor (format {config.get('format')!r})")
-    return config
 
 
 def model_lineage(model: LoadedModel) -> set[str]:

@@ -54,7 +54,8 @@ from ..registry.loader import software_versions
 from ..registry.params import resolve_params
 from ..registry.specs import load_object
 from ..toolkit.stats import base_fingerprint
-from .editors import EDITOR_CONFIG, EDITOR_TENSORS, FORMAT, file_sha256
+from ..registry.editors import EDITOR_CONFIG, EDITOR_TENSORS, FORMAT
+from .editors import file_sha256
 from .trainer import Trainer, TrainingExample
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ The pieces:
   layer's output, the first position left out (the attention sink: BOS, or the first
   prompt token when there is none, with outsized activations), standardised per
   dimension by the mean and spread of that layer over a fixed reference text
-  (:data:`REFERENCE_TEXTS`), then L2-normalised; similarity is the cosine. Without the
+  (:data:`kedsl.toolkit.embeddings.REFERENCE_TEXTS`), then L2-normalised; similarity is the cosine. Without the
   standardisation, a few outsized dimensions make every pair of prompts look alike
   (cosine ~0.95 on SmolLM2). Facts are embedded by their edit prompt, as queries are,
   with the model that holds the memory. A fact is a candidate when its similarity
@@ -39,7 +39,6 @@ The pieces:
 from __future__ import annotations
 
 import logging
-import weakref
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
@@ -47,7 +46,7 @@ from typing import Any, Sequence
 import torch
 
 from kedsl.plugin import Attachment, EditContext, EditOutcome, EditRequest, LoadedModel, Method, UsageError
-from kedsl.toolkit.activations import forward_until, make_batch, pad_id, trace
+from kedsl.toolkit.embeddings import Fact, embed, retrieval_token
 from kedsl.toolkit.tokens import bos_ids, join
 
 from .config import IKEConfig
@@ -56,23 +55,8 @@ log = logging.getLogger(__name__)
 
 #: Version of the saved config layout (``IKEMemory.state``).
 STATE_FORMAT = 1
-#: Prompts embedded per forward pass when a memory embeds its facts.
-EMBED_BATCH = 32
 #: Query embeddings kept per leader memory (each metric scores the same prompts again).
 QUERY_CACHE_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class Fact:
-    """One edited fact: ``prompt`` (the edit prompt, the retrieval key) -> ``target``."""
-
-    prompt: str
-    target: str
-    subject: str = ""
-
-    def text(self) -> str:
-        """The fact as one sentence, joined by the tokenization rule of the metrics."""
-        return join(self.prompt, self.target)[0]
 
 
 @dataclass(frozen=True)
@@ -133,110 +117,8 @@ def auto_layer(num_layers: int) -> int:
     return min(num_layers - 1, max(1, num_layers // 7))
 
 
-# -- embeddings ---------------------------------------------------------------------------------
-# Written for this plugin (no benchmark text): varied everyday sentences and questions whose
-# hidden states give the per-dimension mean and spread that embeddings are standardised by.
-# Without that, a few dimensions with outsized activations dominate every mean-pooled
-# state and unrelated prompts have cosine ~0.95 (measured on SmolLM2; see kedsl_ike.PRESETS).
-REFERENCE_TEXTS: tuple[str, ...] = (
-    "The weather was cold and windy all week.",
-    "She opened the window to let in some fresh air.",
-    "How many people live in the largest city of the country?",
-    "Water boils at a lower temperature at high altitude.",
-    "Who painted the ceiling of the old chapel?",
-    "The committee will meet again next Tuesday afternoon.",
-    "What is the best way to learn a new language?",
-    "He plays the violin in a small orchestra.",
-    "The train to the airport leaves every twenty minutes.",
-    "Which river runs through the middle of the town?",
-    "Photosynthesis converts light into chemical energy.",
-    "My grandmother grew tomatoes and beans in her garden.",
-    "When did the bridge first open to traffic?",
-    "The company reported higher profits this quarter.",
-    "Please remember to bring your passport and ticket.",
-    "What language is spoken in the northern provinces?",
-    "The museum holds a large collection of ancient coins.",
-    "A triangle has three sides and three angles.",
-    "Who is the author of this famous poem?",
-    "The children built a sandcastle on the beach.",
-    "Which team won the championship last season?",
-    "The recipe calls for two cups of flour and one egg.",
-    "Where was the famous scientist born?",
-    "The software update fixed several security problems.",
-    "The band released its first album in the spring.",
-    "What is the main ingredient of this traditional dish?",
-    "The mountain village can only be reached on foot.",
-    "Which company manufactures this kind of aircraft?",
-    "The doctor advised him to get more sleep.",
-    "In what year was the university founded?",
-    "Heavy rain caused flooding in the valley.",
-    "The novel tells the story of two brothers at sea.",
-    "Who was the first president of the club?",
-    "The library is closed on public holidays.",
-    "What position does he play on the football team?",
-    "Electric cars are becoming more common in cities.",
-    "The film was shot in a small studio outside the capital.",
-    "Which instrument does the singer usually play?",
-    "The old castle was rebuilt after the fire.",
-    "What family does this species of bird belong to?",
-)
-
-
-@torch.no_grad()
-def _layer_states(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int) -> list[torch.Tensor]:
-    """Per row, decoder layer ``layer``'s output at the row's tokens but the first, float32
-    on the CPU. The first position is left out: it is the attention sink (BOS, or the
-    prompt's first token when there is none), whose activations are outsized and say
-    nothing about the prompt. The forward pass stops after ``layer``."""
-    path = f"{model.arch.layers}.{layer}"
-    out: list[torch.Tensor] = []
-    for s in range(0, len(rows), EMBED_BATCH):
-        chunk = [list(r) for r in rows[s : s + EMBED_BATCH]]
-        batch = make_batch(chunk, pad_id(model.tokenizer), model.device)
-        with trace(model, [path], inputs=False, outputs=True, stop_after=path) as rec:
-            forward_until(model, batch)
-        h = rec.outputs[path].float().cpu()
-        for i, n in enumerate(batch.lengths):
-            start = batch.offsets[i] + (1 if n > 1 else 0)
-            out.append(h[i, start : batch.offsets[i] + n])
-    return out
-
-
-# Per model (weakly keyed by its nn.Module): (state token, layer, (mean, std)).
-_REFERENCE_STATS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[Any, int, tuple[torch.Tensor, torch.Tensor]]]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def reference_stats(model: LoadedModel, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and standard deviation of ``layer``'s output over the tokens of
-    :data:`REFERENCE_TEXTS` (cached until the model's state changes)."""
-    token = _model_token(model)
-    hit = _REFERENCE_STATS.get(model.model)
-    if hit is not None and hit[0] == token and hit[1] == layer:
-        return hit[2]
-    rows = [model.tokenizer(t, add_special_tokens=True)["input_ids"] for t in REFERENCE_TEXTS]
-    states = torch.cat(_layer_states(model, rows, layer))
-    stats = (states.mean(0), states.std(0).clamp_min(1e-6))
-    _REFERENCE_STATS[model.model] = (token, layer, stats)
-    return stats
-
-
-def embed(model: LoadedModel, rows: Sequence[Sequence[int]], layer: int) -> torch.Tensor:
-    """``(len(rows), hidden)`` float32, unit length: each row's mean over its tokens (the
-    first excluded, see :func:`_layer_states`) of decoder layer ``layer``'s output,
-    standardised per dimension by :func:`reference_stats`."""
-    mean, std = reference_stats(model, layer)
-    pooled = torch.stack([h.mean(0) for h in _layer_states(model, rows, layer)])
-    return torch.nn.functional.normalize((pooled - mean) / std, dim=-1)
-
-
 def _model_token(model: LoadedModel) -> tuple[Any, ...]:
-    """Changes whenever what the retrieval forward pass computes may change: a parameter
-    replaced or written in place (``_version``), or another attachment installed/removed."""
-    params = tuple((id(p), p._version) for p in model.model.parameters())
-    others = tuple(id(a) for a in model.attachments if not isinstance(a, IKEMemory))
-    return params, others
+    return retrieval_token(model, IKEMemory)
 
 
 # -- the attachment -----------------------------------------------------------------------------
@@ -303,7 +185,7 @@ class IKEMemory(Attachment):
         token = (model_token if model_token is not None else _model_token(model), layer)
         if self._fact_cache is None or self._fact_cache[0] != token:
             rows = [model.tokenizer(f.prompt, add_special_tokens=True)["input_ids"] for f in self.facts]
-            self._fact_cache = (token, embed(model, rows, layer))
+            self._fact_cache = (token, embed(model, rows, layer, token))
         return self._fact_cache[1]
 
     def _query_embedding(self, model: LoadedModel, ids: list[int], layer: int, token: Any) -> torch.Tensor:
@@ -313,7 +195,7 @@ class IKEMemory(Attachment):
         key = (layer, tuple(ids))
         hit = self._query_cache.get(key)
         if hit is None:
-            hit = embed(model, [ids], layer)[0]
+            hit = embed(model, [ids], layer, token)[0]
             self._query_cache[key] = hit
             if len(self._query_cache) > QUERY_CACHE_SIZE:
                 self._query_cache.popitem(last=False)

@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method, UsageError
-from kedsl.training.editors import load_editor
+from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method, UsageError, load_editor
 
 from .config import MENDConfig
 from .editor import encode, gradient_factors, weight_deltas

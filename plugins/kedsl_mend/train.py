@@ -18,8 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kedsl.plugin import LoadedModel
-from kedsl.training.trainer import Trainer, TrainingExample
+from kedsl.plugin import LoadedModel, Trainer, TrainingExample
 
 from .config import MENDTrainConfig
 from .editor import answer_accuracy, answer_nll, default_layers, edited_logits, encode, gradient_factors, init_tensors, update_statistics, weight_deltas, shape_key
