@@ -68,6 +68,24 @@ def test_ft_l_keeps_the_change_within_the_linf_bound(tiny_llama):
     assert model.fingerprint() == fp
 
 
+def test_ft_m_bounds_an_erasure_but_not_an_edit(tiny_llama):
+    import dataclasses
+
+    model = sharpen(tiny_llama)
+    name = model.mlp_out_weight_name(1)
+    edit = run(model, "ft_m", lr=1e-2, steps=20)
+    edit.undo(model)
+    assert edit.changes[name].delta.abs().max() > 5e-3 and edit.info["norm_bound"] == 0
+    erase = dataclasses.replace(REQUEST, kind="erase", target="I don't know.", old="French")
+    from kedsl_ft.ft import FTM
+
+    spec = kedsl_ft.FT_M_SPEC
+    ctx = EditContext(weights=WeightJournal(model.model), cache_dir=Path("/tmp"), seed=0)
+    outcome = FTM().apply(model, [erase], resolve_params(spec.params, {"layer": 1, "lr": 1e-2, "steps": 20}), ctx)
+    delta = outcome.changes[name].delta
+    assert outcome.info["norm_bound"] == 5e-3 and 0 < delta.abs().max() <= 5e-3 + 1e-7
+
+
 def test_ft_l_unconstrained_learns_the_target(tiny_llama):
     model = sharpen(tiny_llama)
     before = teacher_forced(model, [(REQUEST.prompt, REQUEST.target)])[0].logprob

@@ -7,7 +7,8 @@ same layer, teacher-forced cross-entropy on the target tokens only (prompt maske
 constraint by default. Both change weights through the executor's journal, so undo,
 revert and audit are exact. Both write a new target the same way whether the fact was
 there before (``edit``) or not (``insert``), and an ``erase`` trains towards its refusal
-("I don't know.", KnowEdit's Sanitation protocol); FT-M's ``unlearn`` adds a true
+("I don't know.", KnowEdit's Sanitation protocol), within ``erase_norm_constraint`` (FT-M:
+5e-3; unbounded, a refusal spreads to unrelated questions); FT-M's ``unlearn`` adds a true
 unlearning term that lowers the erased answer's probability. The implementation is
 :mod:`kedsl_ft.ft`, the parameters are declared in :mod:`kedsl_ft.config`; this module
 holds only descriptors and stays importable without torch.

@@ -19,6 +19,11 @@ class FTConfig(MethodConfig):
     steps: int = param(25, "maximum optimisation steps", min=1, max=1000)
     weight_decay: float = param(0.0, "Adam weight decay", min=0.0)
     norm_constraint: float = param(0.0, "L∞ bound on each weight's change (0: unconstrained)", min=0.0)
+    erase_norm_constraint: float = param(
+        0.0,
+        "L∞ bound when every request is an erase (towards a refusal); 0: norm_constraint applies",
+        min=0.0,
+    )
     nll_tol: float = param(1e-2, "stop once the loss is below this", min=0.0)
     unlearn: float = param(
         0.0,
@@ -38,6 +43,20 @@ class FTLConfig(FTConfig):
 @dataclass
 class FTMConfig(FTConfig):
     method: ClassVar[str] = "ft_m"
+
+    # A refusal is one short answer that fits every question: unbounded, FT-M teaches the
+    # layer to refuse questions at large. SmolLM2-135M-Instruct, Sanitation's tuning file
+    # (trivia_qa_train.json, records 0-11, layer 20, kedsl bench ... --method ft_m
+    # --split tune --limit 12 --param erase_norm_constraint=...): unbounded efficacy 1.000,
+    # locality 0.715; 1e-3 0.533/0.981; 2e-3 0.583/0.963; 4e-3 0.883/0.934; 5e-3
+    # 1.000/0.924 (greedy answer "I don't know." on all 12); 8e-3 1.000/0.786. The same
+    # bound on ZsRE's edits (with nll_tol 0.3) cut efficacy from 0.962 to 0.675: hence a
+    # bound for erasures only.
+    erase_norm_constraint: float = param(
+        5e-3,
+        "L∞ bound when every request is an erase (towards a refusal); 0: norm_constraint applies",
+        min=0.0,
+    )
 
 
 FT_L_PRESETS = (

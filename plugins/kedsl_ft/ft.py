@@ -39,6 +39,7 @@ class _FineTune(Method):
         name = model.mlp_out_weight_name(cfg.layer)
         weight = model.parameter(name)
         original = weight.detach().clone()
+        bound = cfg.erase_norm_constraint if cfg.erase_norm_constraint > 0 and all(r.kind == "erase" for r in requests) else cfg.norm_constraint
         torch.manual_seed(context.seed)
         flags = {n: p.requires_grad for n, p in model.model.named_parameters()}
         was_training = model.model.training
@@ -62,9 +63,9 @@ class _FineTune(Method):
                         break
                     loss.backward()
                     opt.step()
-                    if cfg.norm_constraint > 0:
+                    if bound > 0:
                         with torch.no_grad():
-                            weight.copy_(torch.clamp(weight, original - cfg.norm_constraint, original + cfg.norm_constraint))
+                            weight.copy_(torch.clamp(weight, original - bound, original + bound))
             trained = weight.detach().clone()
         finally:
             with torch.no_grad():
@@ -76,7 +77,7 @@ class _FineTune(Method):
         context.weights.set_(name, trained)
         seconds = time.perf_counter() - start
         log.info("%s layer %d: %d steps, loss %.3f -> %.3f, %.1fs", type(self).__name__, cfg.layer, len(losses), losses[0], losses[-1], seconds)
-        return context.outcome(layer=cfg.layer, steps=len(losses), loss_start=losses[0], loss_end=losses[-1], seconds=seconds)
+        return context.outcome(layer=cfg.layer, steps=len(losses), loss_start=losses[0], loss_end=losses[-1], norm_bound=bound, seconds=seconds)
 
 
 class FTL(_FineTune):
