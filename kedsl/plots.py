@@ -70,23 +70,34 @@ def layer_curves(curves: dict[str, Sequence[float]], title: str, ylabel: str, pa
 
 
 def training_curve(curve: Sequence[dict[str, Any]], title: str, path: str | Path) -> Path:
-    """An editor's training: the training loss (left axis) and the validation score (right
-    axis) over steps, the best validation marked."""
+    """An editor's training over steps, in two panels: the losses (the training loss
+    averaged over each interval between validations, and the validation losses) and the
+    validation numbers (each of the trainer's, and the score that picks the saved editor,
+    whose step is marked)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=150)
-    losses = [(c["step"], c["loss"]) for c in curve if c.get("loss") is not None]
-    if losses:
-        ax.plot(*zip(*losses), marker="o", markersize=3, color="tab:blue", label="training loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (at validation)", color="tab:blue")
-    right = ax.twinx()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=150)
+    train = [(c["step"], c.get("train_loss_mean", c.get("loss"))) for c in curve]
+    train = [(s, v) for s, v in train if v is not None]
+    if train:
+        left.plot(*zip(*train), marker="o", markersize=3, label="training loss (interval mean)")
+    val_keys = [k for k in curve[0] if k.startswith("val_") and k != "val_score"] if curve else []
+    for key in [k for k in val_keys if "loss" in k]:
+        left.plot([c["step"] for c in curve], [c[key] for c in curve], marker="s", markersize=3, linestyle="--", label=key.removeprefix("val_").replace("_", " ") + " (validation)")
+    left.set_xlabel("step")
+    left.set_ylabel("loss")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    for key in [k for k in val_keys if "loss" not in k]:
+        right.plot([c["step"] for c in curve], [c[key] for c in curve], marker=".", markersize=4, linewidth=1, label=key.removeprefix("val_").replace("_", " "))
     scores = [(c["step"], c["score"]) for c in curve]
-    right.plot(*zip(*scores), marker="s", markersize=3, color="tab:orange", label="validation score")
+    right.plot(*zip(*scores), marker="s", markersize=3, color="black", linewidth=2, label="score")
     best = max(scores, key=lambda s: s[1])
     right.axvline(best[0], linestyle="--", color="grey", linewidth=1)
-    right.set_ylabel("validation score", color="tab:orange")
-    ax.set_title(f"{title}\nbest validation {best[1]:.3f} at step {best[0]}", fontsize=9)
-    ax.grid(alpha=0.3)
+    right.set_xlabel("step")
+    right.set_ylabel("validation")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7)
+    fig.suptitle(f"{title}: best validation score {best[1]:.3f} at step {best[0]}", fontsize=9)
     return _save(plt, fig, path)
 
 

@@ -64,4 +64,7 @@ def load_editor(directory: str | Path, method: str, model: LoadedModel) -> tuple
             f"this one {base_fingerprint(model)[:16]})",
             f"train an editor for this model: kedsl train {method} --model {model.ref} --data FILE --out DIR",
         )
+    database = config.get("database")
+    if database and not Path(database).is_absolute():  # written relative to the editor's folder
+        config = {**config, "database": str((d / database).resolve())}
     return load_file(str(tensors_path)), config

@@ -102,6 +102,8 @@ class LoopState:
     seconds: float = 0.0
     stopped: str | None = None
     runs: list[str] = field(default_factory=list)
+    interval_loss: float = 0.0  # the training loss summed since the last validation
+    interval_steps: int = 0
 
 
 def examples_from(paths: Sequence[str | Path]) -> list[TrainingExample]:
@@ -251,6 +253,8 @@ def _loop(trainer: Trainer, examples: list[TrainingExample], val_examples: list[
         value = float(loss.detach())
         if not math.isfinite(value):
             raise RuntimeError(f"the training loss is {value} at step {state.step}")
+        state.interval_loss += value
+        state.interval_steps += 1
         state.seconds = seconds_before + time.perf_counter() - started
         if state.step % settings.val_every == 0:
             _validate(trainer, val_examples, state, best, trained, names, settings, loss=value, parts=parts)
@@ -281,8 +285,10 @@ def _validate(trainer: Trainer, val_examples: list[TrainingExample], state: Loop
     with torch.no_grad():
         numbers = trainer.validate(val_examples)
     score = float(numbers["score"])
-    state.curve.append({"step": state.step, "loss": loss, **(parts or {}), **{f"val_{k}": float(v) for k, v in numbers.items()}, "score": score,
-                        "seconds": round(state.seconds, 1)})  # fmt: skip
+    mean = state.interval_loss / state.interval_steps if state.interval_steps else None
+    state.interval_loss, state.interval_steps = 0.0, 0
+    state.curve.append({"step": state.step, "loss": loss, "train_loss_mean": mean, **(parts or {}),
+                        **{f"val_{k}": float(v) for k, v in numbers.items()}, "score": score, "seconds": round(state.seconds, 1)})  # fmt: skip
     if state.best_score is None or score > state.best_score:
         state.best_score, state.best_step, state.bad_validations = score, state.step, 0
         for n in names:
@@ -364,7 +370,8 @@ def _write_editor(out: Path, trainer: Trainer, best: dict[str, torch.Tensor], na
         "wall_seconds": round(state.seconds, 1),
         "curve": state.curve,
         "train_runs": state.runs,
-        "database": str(Path(store.path).absolute()) if store is not None else None,
+        # relative to the editor's folder, so a copied project still finds it
+        "database": os.path.relpath(Path(store.path).absolute(), out.absolute()) if store is not None else None,
         "identity": identity_key,
     }
     tmp_json = out / f".{EDITOR_CONFIG}.tmp{os.getpid()}"

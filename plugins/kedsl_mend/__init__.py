@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from kedsl.plugin import MethodSpec, hookimpl
 
-from .config import MENDConfig, MENDTrainConfig
+from .config import PRESETS, MENDConfig, MENDTrainConfig
 
 __all__ = ["MENDConfig", "MENDTrainConfig", "SPEC", "register_methods"]
 
@@ -28,6 +28,7 @@ SPEC = MethodSpec(
     supports_batch=True,
     supports_sequential=True,
     kinds=("edit", "insert", "erase"),
+    presets=PRESETS,
     trainer="kedsl_mend.train:MENDTrainer",
 )
 
