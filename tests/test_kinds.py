@@ -77,7 +77,8 @@ def test_ft_m_unlearning_lowers_the_old_answer_further(tiny_tokenizer):
     old_prob = []
     for unlearn in (0.0, 5.0):
         model = sharpen(make_tiny_llama(tiny_tokenizer))
-        params = resolve_params(spec.params, {"layer": 1, "steps": 20, "lr": 5e-3, "unlearn": unlearn, "nll_tol": 0.0})
+        params = resolve_params(spec.params, {"layer": 1, "steps": 20, "lr": 5e-3, "unlearn": unlearn, "nll_tol": 0.0,
+                                                   "erase_norm_constraint": 0.0})  # the objective alone, unbounded
         spec.load().apply(model, [request], params, EditContext(weights=WeightJournal(model.model), cache_dir=model_dir(), seed=0))
         (s,) = teacher_forced(model, [(request.prompt, "Paris")])
         old_prob.append(s.logprob)
