@@ -5,6 +5,7 @@ effect a random tiny model can show: the fine-tuning ones)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from conftest import sharpen
@@ -27,20 +28,47 @@ STATEMENTS = {
 }  # fmt: skip
 
 
-def _script(tmp_path, method: str, kind: str) -> tuple:
+#: Data and settings for the tiny editors of the trained methods (as in test_mend, test_serac).
+FIX = Path(__file__).parent / "fixtures"
+TRAIN_DATA = [str(FIX / "zsre_slice_50_59.json"), str(FIX / "real" / "zsre_mend_train_0-2.json")]
+TRAINED = {"mend": {"rank": 16, "layers": [2, 3]}, "serac": {"lora_rank": 4, "projection": 32, "layer": 1}}
+
+
+@pytest.fixture(scope="module")
+def editors(tiny_tokenizer, tmp_path_factory):
+    """A tiny editor per trained method, for the sharpened tiny model the tests edit."""
+    from conftest import make_tiny_llama
+
+    from kedsl.training.loop import LoopSettings, train
+
+    found = {}
+    for method, hparams in TRAINED.items():
+        out = tmp_path_factory.mktemp(method) / "editor"
+        settings = LoopSettings(batch_size=2, max_steps=10, val_every=5, val_size=3, lr=1e-3)
+        train(sharpen(make_tiny_llama(tiny_tokenizer)), Registry(), method, TRAIN_DATA, out, params=hparams, settings=settings)
+        found[method] = {"editor": str(out)}
+    return found
+
+
+def _script(tmp_path, method: str, kind: str, params: dict) -> tuple:
     statement, prompt, target = STATEMENTS[kind]
-    args = ", ".join(f"{k}={format_value(v)}" for k, v in BUILT_IN[method].items())
+    args = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
     source = f'model "tiny";\n{statement} using {method}({args});\n'
     path = tmp_path / f"{method}-{kind}.ke"
     path.write_text(source)
     return path, source, prompt, target
 
 
+def test_every_registered_method_is_tried():
+    assert set(BUILT_IN) | set(TRAINED) == set(Registry().methods) - {"gradient_step"}  # the example plugin's own test
+
+
 @pytest.mark.parametrize("kind", CHANGE_KINDS)
-@pytest.mark.parametrize("method", sorted(BUILT_IN))
-def test_a_checked_script_of_every_kind_applies(method, kind, tiny_llama, tmp_path):
+@pytest.mark.parametrize("method", sorted(BUILT_IN) + sorted(TRAINED))
+def test_a_checked_script_of_every_kind_applies(method, kind, tiny_llama, tmp_path, request):
     registry = Registry()
-    path, source, prompt, target = _script(tmp_path, method, kind)
+    params = BUILT_IN[method] if method in BUILT_IN else request.getfixturevalue("editors")[method]
+    path, source, prompt, target = _script(tmp_path, method, kind, params)
     script, diags = check_source(source, str(path), registry)
     assert script is not None and not [d for d in diags if d.is_error], [d.message for d in diags]
     model = sharpen(tiny_llama)
