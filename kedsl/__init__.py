@@ -6,6 +6,7 @@ The public Python API lives in :mod:`kedsl.api` and is re-exported here lazily, 
     import kedsl
     kedsl.apply("examples/eiffel.ke")
     ed = kedsl.Editor("smollm2-135m")
+    kedsl.train("mend", model="smollm2-135m", data=["train.json"], out="editors/mend")
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ _LAZY = {
     "apply": ("kedsl.api", "apply"),
     "Editor": ("kedsl.api", "Editor"),
     "plan": ("kedsl.api", "plan"),
+    "train": ("kedsl.api", "train"),
     "load_model": ("kedsl.model.loading", "load_model"),
     "Expect": ("kedsl.lang.ast", "Expect"),
     "ExpectPrompt": ("kedsl.lang.ast", "ExpectPrompt"),

@@ -177,3 +177,19 @@ def test_training_is_recorded_and_a_mend_edit_leads_to_it(base_dir, tmp_path):
     r = CliRunner().invoke(main, ["show", edit_id, "--db", str(db), "--json"])
     shown = json.loads(r.output)
     assert shown["info"]["editor_train_runs"] == [run_id] and shown["info"]["editor_sha256"] == editor["sha256"]
+
+
+def test_the_python_api_trains_the_same_editor_as_the_command(base_dir, tmp_path):
+    import kedsl
+
+    cli_out, api_out = tmp_path / "cli", tmp_path / "api"
+    proc = subprocess.run(_train_command(base_dir, cli_out, tmp_path / "a.db", 4), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    editor = kedsl.train("mend", model=str(base_dir), data=DATA, out=api_out, db=tmp_path / "b.db", max_steps=4, batch_size=2,
+                         val_every=4, val_size=3, lr=1e-3, params={"rank": 16, "layers": [2, 3]})  # fmt: skip
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(cli_out / "editor.safetensors")), load_file(str(api_out / "editor.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert editor == json.loads((api_out / "editor.json").read_text())
+    assert editor["identity"] == json.loads((cli_out / "editor.json").read_text())["identity"]
