@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import did_you_mean
-from ..registry.editors import EDITOR_PARAM, editor_problem
+from ..registry.editors import EDITOR_PARAM, editor_folder, editor_problem
 from ..registry.params import validate_params
 from ..registry.specs import MethodSpec, Relation
 from .ast import Batch, Edit, Ident, MethodCall, ModelStmt, OnFailStmt, Pos, RelationStmt, SaveStmt, Script, UseStmt
@@ -200,17 +200,11 @@ class _Checker:
             self.err(args_by_name[name].pos, message, code, hint)
         if spec.trainer is not None:  # a trained editor's folder: there, and of this method
             given = args_by_name.get(EDITOR_PARAM)
-            folder = self.editor_folder(str(_plain(given.value))) if given is not None else ""
+            folder = editor_folder(str(_plain(given.value)), self.base_dir) if given is not None else ""
             problem = editor_problem(folder, spec.name)
             if problem is not None:
                 self.err(given.pos if given is not None else _name_pos(call), problem[0], "bad-editor", problem[1])
         return spec
-
-    def editor_folder(self, value: str) -> str:
-        if not value.strip():
-            return ""
-        folder = Path(value).expanduser()
-        return str(folder if folder.is_absolute() else self.base_dir / folder)
 
     # -- edits --------------------------------------------------------------------
     def check_batch(self, b: Batch, default: MethodCall | None) -> None:
@@ -377,8 +371,7 @@ def resolve_edits(script: Script, registry: Any, base_dir: str | os.PathLike[str
         spec = registry.methods.get(call.name)
         if spec is not None and spec.trainer is not None and params.get(EDITOR_PARAM):
             # the folder check() found, whatever the working directory of the edit
-            folder = Path(str(params[EDITOR_PARAM])).expanduser()
-            params[EDITOR_PARAM] = str((folder if folder.is_absolute() else root / folder).absolute())
+            params[EDITOR_PARAM] = editor_folder(str(params[EDITOR_PARAM]), root)
         return params
 
     def one(e: Edit, call: MethodCall, batch: int | None) -> ResolvedEdit:

@@ -33,6 +33,15 @@ def read_editor_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
+def editor_folder(value: str, base_dir: str | Path) -> str:
+    """The folder an ``editor`` value names: absolute, or relative to ``base_dir`` (where
+    ``apply`` runs); "" for a blank value."""
+    if not value.strip():
+        return ""
+    folder = Path(value).expanduser()
+    return str((folder if folder.is_absolute() else Path(base_dir) / folder).absolute())
+
+
 def editor_problem(directory: str | Path, method: str) -> tuple[str, str] | None:
     """What is wrong with ``directory`` as a ``method`` editor, as (message, hint), or None."""
     hint = f"train one with `kedsl train {method} --model ... --data ... --out DIR` and pass editor=\"DIR\""
