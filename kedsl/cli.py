@@ -373,6 +373,8 @@ def fmt(file: str, write: bool, check_only: bool) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="With --suite: where each cell's JSON, the per-dataset JSON and the table go (default bench/results/SUITE).")
 @click.option("--model", "model_ref", default="smollm2-135m", show_default=True, help="Alias, local directory, .gguf file or hub id.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="The dtype the model's weights are loaded in (edits are written back in it).")
 @click.option("--split", type=click.Choice(["all", "tune", "heldout", "train"]), default=None,
               help="Only the records of this split of SPLITS.json (found beside the data or above it); default: all, heldout with --suite.")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="At most this many records (per dataset with --suite).")
@@ -389,7 +391,7 @@ def fmt(file: str, write: bool, check_only: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the method's randomness.")
 @handle_errors
 def bench(data: str | None, method: str | None, suite: str | None, method_list: str | None, dataset_list: str | None,
-          data_dir: str | None, out_dir: str | None, model_ref: str, split: str | None, limit: int | None, offset: int,
+          data_dir: str | None, out_dir: str | None, model_ref: str, dtype: str, split: str | None, limit: int | None, offset: int,
           data_format: str | None, mode: str, batch_size: int | None, param_args: tuple[str, ...], metric_list: str | None,
           json_out: str | None, seed: int) -> None:  # fmt: skip
     """Benchmark a method on DATA (ZsRE, KnowEdit, WikiBio, ConvSent, Sanitation or
@@ -400,7 +402,7 @@ def bench(data: str | None, method: str | None, suite: str | None, method_list: 
     if suite is not None:
         if data is not None or method is not None:
             raise UsageError("--suite runs its own datasets with --methods", "drop DATA and --method, or drop --suite")
-        _bench_suite(suite, method_list, dataset_list, data_dir, out_dir, model_ref, split or "heldout", limit, param_args, seed)
+        _bench_suite(suite, method_list, dataset_list, data_dir, out_dir, model_ref, dtype, split or "heldout", limit, param_args, seed)
         return
     if data is None or method is None:
         raise UsageError("kedsl bench needs DATA and --method (or --suite)", "e.g. kedsl bench zsre.json --method rome")
@@ -423,9 +425,9 @@ def bench(data: str | None, method: str | None, suite: str | None, method_list: 
                + f"; loading {model_ref} ...", err=True)  # fmt: skip
     from .model.loading import load_model
 
-    model = load_model(model_ref, {}, registry)
+    model = load_model(model_ref, {"dtype": dtype}, registry)
     info = {"data_path": str(Path(data).absolute()), "data_sha256": data_sha256(data), "format": fmt, "limit": limit, "offset": offset,
-            "split": split or "all", "skipped_records": [{"index": i, "why": why} for i, why in loaded.skipped]}  # fmt: skip
+            "split": split or "all", "dtype": dtype, "skipped_records": [{"index": i, "why": why} for i, why in loaded.skipped]}  # fmt: skip
 
     def progress(done: int, total: int, message: str) -> None:
         click.echo(f"[{done}/{total}] {message}", err=True)
@@ -439,7 +441,7 @@ def bench(data: str | None, method: str | None, suite: str | None, method_list: 
 
 
 def _bench_suite(suite: str, method_list: str | None, dataset_list: str | None, data_dir: str | None, out_dir: str | None,
-                 model_ref: str, split: str, limit: int | None, param_args: tuple[str, ...], seed: int) -> None:  # fmt: skip
+                 model_ref: str, dtype: str, split: str, limit: int | None, param_args: tuple[str, ...], seed: int) -> None:  # fmt: skip
     from .evaluation.runner import parse_param_args
     from .evaluation.suite import check_suite, run_suite
     from .registry import get_registry
@@ -460,7 +462,7 @@ def _bench_suite(suite: str, method_list: str | None, dataset_list: str | None, 
     from .model.loading import load_model
 
     click.echo(f"loading {model_ref} ...", err=True)
-    model = load_model(model_ref, {}, registry)
+    model = load_model(model_ref, {"dtype": dtype}, registry)
     run_suite(model, registry, suite, methods, where, out, limit=limit, split=split, params=params, datasets=datasets,
               seed=seed, say=lambda msg: click.echo(msg, err=True))  # fmt: skip
     table = out / f"{suite}_table.md"
@@ -511,8 +513,8 @@ def train(method: str, model_ref: str, data_files: tuple[str, ...], val_file: st
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def plan(script: str, tokens: int, as_json: bool) -> None:
-    """Show what a script would do, changing nothing: per edit the method, its parameters
-    after presets, the weights it will touch, what the model says now on the edit and
+    """Show what a script would do, changing nothing: per edit the method, which preset
+    applied and why, its parameters after presets, the weights it will touch, what the model says now on the edit and
     expectation prompts, and [already] where the model already gives the target."""
     from . import api
 
@@ -526,6 +528,7 @@ def plan(script: str, tokens: int, as_json: bool) -> None:
         click.echo(f"\n{i}. line {e['line']}: {e['subject']!r} -> {e['target']!r} using {e['method']}{mark}")
         if e["batch"] is not None:
             click.echo(f"   batch {e['batch']}")
+        click.echo("   preset  " + e["preset_reason"])
         click.echo("   params  " + ", ".join(f"{k}={v!r}" for k, v in e["params"].items()))
         touches = e["touches"]
         click.echo("   touches " + (", ".join(touches) if touches is not None else "(the method does not say)"))

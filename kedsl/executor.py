@@ -27,7 +27,7 @@ from .model.handle import LoadedModel
 from .model.journal import WeightJournal
 from .records import jsonable
 from .registry import Registry
-from .registry.params import resolve_params
+from .registry.presets import params_for
 from .registry.specs import MetricSpec
 from .toolkit.generation import generate
 
@@ -177,7 +177,7 @@ class Executor:
         if len(unit) > 1 and not spec.supports_batch:
             raise UsageError(f"method `{spec.name}` does not support batch edits", "use a method that does, e.g. memit")
         refuse_unsupported_requests(spec, [e.request for e in unit])
-        params = resolve_params(spec.params, first.given_params, spec.presets, self.model.arch.preset_family)
+        params = params_for(spec, first.given_params, self.model).params
         for i, e in enumerate(unit):
             self.reporter.edit_started(start_index + i, total, e)
 

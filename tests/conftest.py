@@ -51,6 +51,23 @@ def tiny_gpt2(tiny_tokenizer):
     return make_tiny_gpt2(tiny_tokenizer)
 
 
+@pytest.fixture
+def tiny_gemma3(tiny_tokenizer):
+    """A fresh random-init 4-layer Gemma 3 (four norms, scaled tied embeddings, a sliding
+    window of 8 on layers 0 and 2)."""
+    from kedsl.plugin.testing import tiny_gemma3
+
+    return tiny_gemma3(tiny_tokenizer)
+
+
+@pytest.fixture
+def tiny_qwen2(tiny_tokenizer):
+    """A fresh random-init 4-layer Qwen2 (q/k/v biases, tied embeddings)."""
+    from kedsl.plugin.testing import tiny_qwen2
+
+    return tiny_qwen2(tiny_tokenizer)
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded default model (SmolLM2-135M-Instruct), loaded once per session."""

@@ -47,6 +47,26 @@ def test_built_in_method_conforms(method, tmp_path):
     assert [c.name for c in report.checks] == ["params", "undo", "determinism", "round_trip", "kinds"]
 
 
+#: Architectures beyond LLaMA, and reduced precision: every built-in on tiny Gemma 3 (four
+#: norms, scaled tied embeddings, sliding windows); Qwen2 (the LLaMA layout with biases and
+#: tied embeddings) and bfloat16/float16 for the methods that search and solve weights.
+_ARCHS = [("gemma3", "float32", m) for m in sorted(BUILT_IN)] + [
+    (arch, dtype, m)
+    for arch, dtype in (("qwen2", "float32"), ("gemma3", "bfloat16"), ("qwen2", "float16"))
+    for m in ("rome", "memit", "ft_m")
+]
+
+
+@pytest.mark.parametrize("arch, dtype, method", _ARCHS)
+def test_built_in_method_conforms_on_other_architectures_and_dtypes(arch, dtype, method, tmp_path, tiny_tokenizer):
+    from kedsl.plugin import testing
+
+    factory = getattr(testing, f"tiny_{arch}")
+    report = check_method(method, params=BUILT_IN[method], workdir=tmp_path,
+                          model_factory=lambda: factory(tiny_tokenizer, dtype=getattr(torch, dtype)))  # fmt: skip
+    report.assert_ok()
+
+
 def test_the_example_plugins_method_conforms(tmp_path):
     import runpy
 

@@ -95,11 +95,11 @@ def test_ft_l_unconstrained_learns_the_target(tiny_llama):
 
 
 def test_ft_l_is_constrained_and_ft_m_is_not():
-    from kedsl.registry.params import resolve_params
+    from kedsl.registry.presets import MEASURED_MODELS, resolve_for_model
 
     registry = Registry(plugins=[kedsl_ft], entry_points=False)
     resolved = {
-        name: resolve_params(registry.method(name).params, {}, registry.method(name).presets, "llama")
+        name: resolve_for_model(registry.method(name), {}, MEASURED_MODELS["smollm2-135m"]).params
         for name in ("ft_l", "ft_m")
     }
     assert resolved["ft_l"]["norm_constraint"] > 0  # the L-infinity ball is what makes it FT-L
@@ -119,3 +119,31 @@ def test_failed_expectation_leaves_no_trace(tiny_llama, tmp_path):
     (r,) = ex.run([PlannedEdit(REQUEST, "ft_m", {"layer": 1, "lr": 1e-2, "steps": 10}, [impossible])])
     assert r.status == "rolled_back" and not r.passed
     assert model.fingerprint() == before
+
+
+@pytest.mark.parametrize("method", ["ft_l", "ft_m"])
+def test_replaying_the_layers_below_trains_the_same_weight_as_running_them(method, tiny_llama, tiny_tokenizer, monkeypatch):
+    """FT records the outputs of the layers below the trained one once and replays them at
+    every step; that must give the weight a full forward at every step gives."""
+    import contextlib
+
+    from conftest import make_tiny_llama, method_params
+
+    from kedsl.editing.outcome import EditContext
+    from kedsl.model.journal import WeightJournal
+    from kedsl.plugin.testing import REQUESTS
+    from kedsl_ft import ft
+
+    params = method_params(kedsl_ft, method, {"layer": 2, "steps": 6, "lr": 1e-3})
+    requests = [REQUESTS["edit"], REQUESTS["insert"]]
+    trained = []
+    for replay in (True, False):
+        if not replay:
+            monkeypatch.setattr(ft, "replaying", lambda layers, outs: contextlib.nullcontext())
+        model = make_tiny_llama(tiny_tokenizer)
+        ctx = EditContext(weights=WeightJournal(model.model), cache_dir=Path("/tmp"))
+        cls = ft.FTL if method == "ft_l" else ft.FTM
+        out = cls().apply(model, requests, params, ctx)
+        trained.append((model.mlp_out(2).weight.detach().clone(), out.info["loss_end"]))
+    torch.testing.assert_close(trained[0][0], trained[1][0], atol=1e-6, rtol=1e-5)
+    assert trained[0][1] == pytest.approx(trained[1][1], rel=1e-5)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import sharpen
 from test_conformance import BUILT_IN
+from test_mend import HPARAMS as MEND_HPARAMS
+from test_serac import HPARAMS as SERAC_HPARAMS
 
 from kedsl import api
 from kedsl.lang import check_source
@@ -28,10 +30,10 @@ STATEMENTS = {
 }  # fmt: skip
 
 
-#: Data and settings for the tiny editors of the trained methods (as in test_mend, test_serac).
+#: Data and settings for the tiny editors of the trained methods (those of test_mend, test_serac).
 FIX = Path(__file__).parent / "fixtures"
 TRAIN_DATA = [str(FIX / "zsre_slice_50_59.json"), str(FIX / "real" / "zsre_mend_train_0-2.json")]
-TRAINED = {"mend": {"rank": 16, "layers": [2, 3]}, "serac": {"lora_rank": 4, "projection": 32, "layer": 1}}
+TRAINED = {"mend": MEND_HPARAMS, "serac": SERAC_HPARAMS}
 
 
 @pytest.fixture(scope="module")

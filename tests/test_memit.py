@@ -231,3 +231,39 @@ def test_a_second_spread_pass_closes_what_the_first_left(tiny_llama):
     assert two.info["final_gap_norm"] < 0.8 * one.info["final_gap_norm"]
     # each layer's total change is still one journal entry, undone exactly
     assert sorted(two.changes) == sorted(model.mlp_out_weight_name(l) for l in (1, 2))
+
+
+def test_value_residuals_pass_through_where_the_mlp_output_joins_the_residual_as_it_is(tiny_llama):
+    from kedsl.toolkit.multilayer import value_residuals
+
+    keys, residuals = torch.randn(128, 3), torch.randn(64, 3)
+    assert value_residuals(tiny_llama, 1, keys, residuals) is residuals
+
+
+def test_value_residuals_invert_gemmas_norm_on_the_mlp_output(tiny_gemma3):
+    """Gemma norms the MLP output before the residual: the change of the output projection's
+    output that value_residuals gives moves the normed contribution by the residual asked
+    for (to first order: small residuals, orthogonal to what the norm fixes)."""
+    from kedsl.toolkit.multilayer import value_residuals
+
+    model = tiny_gemma3
+    norm = model.module(model.arch.mlp_out_norm.format(1))
+    w = model.mlp_out(1).weight.detach()
+    torch.manual_seed(0)
+    keys = torch.randn(w.shape[1], 4)
+    values = w @ keys
+    with torch.no_grad():
+        normed = norm(values.T).T
+        u = normed / normed.norm(dim=0, keepdim=True)
+        residuals = torch.randn(values.shape[0], 4) * 0.05
+        residuals -= u * (u * residuals).sum(0, keepdim=True)  # the norm fixes the length
+        change = value_residuals(model, 1, keys, residuals)
+        moved = norm((values + change).T).T - normed
+    cos = torch.nn.functional.cosine_similarity(moved, residuals, dim=0)
+    assert bool((cos > 0.9).all()), cos
+    ratio = moved.norm(dim=0) / residuals.norm(dim=0)
+    assert bool(((ratio > 0.8) & (ratio < 1.25)).all()), ratio
+    # taken as it is (no inverse), the same residual moves the contribution elsewhere
+    with torch.no_grad():
+        naive = norm((values + residuals).T).T - normed
+    assert float(torch.nn.functional.cosine_similarity(naive, residuals, dim=0).mean()) < float(cos.mean())

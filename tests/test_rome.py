@@ -21,6 +21,7 @@ from kedsl.editing.request import EditRequest
 from kedsl.model.journal import WeightJournal
 from kedsl.errors import UsageError
 from kedsl.registry.params import resolve_params
+from kedsl.registry.presets import MEASURED_MODELS, resolve_for_model
 from kedsl.registry import Registry
 from kedsl.toolkit.scoring import teacher_forced
 
@@ -215,10 +216,10 @@ def test_rome_spec_params_and_presets():
     names = {p.name for p in spec.params}
     assert {"layer", "v_lr", "v_steps", "v_weight_decay", "kl_factor", "clamp_norm_factor", "mom2_samples",
             "mom2_update_weight", "stats_corpus", "context_count", "context_lengths", "seed", "bf16"} <= names
-    fams = {p.family: p for p in spec.presets}
-    assert set(fams) >= {"llama", "gpt2"} and all(p.measured_by for p in fams.values())
-    resolved = resolve_params(spec.params, {}, spec.presets, "llama")
-    assert resolved["layer"] == fams["llama"].values["layer"]
+    models = {p.model: p for p in spec.presets}
+    assert "smollm2-135m" in models and all(p.measured_by for p in models.values())
+    resolved = resolve_for_model(spec, {}, MEASURED_MODELS["smollm2-135m"]).params
+    assert resolved["layer"] == models["smollm2-135m"].values["layer"]
     with pytest.raises(UsageError):
         resolve_params(spec.params, {"v_lr": -1.0})
 

@@ -283,7 +283,15 @@ def test_value_search_stops_only_when_the_plain_prompt_says_the_target(tiny_llam
     assert wild.target_prob[0] == pytest.approx(float(torch.exp(-torch.tensor(wild.nll[best][0]))), rel=1e-5)
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_rows_longer_than_a_sliding_window_are_not_split(tiny_gemma3, tiny_llama):
+    from kedsl.toolkit.activations import sliding_window, splits_exactly
+
+    assert sliding_window(tiny_gemma3.model) == 8 and sliding_window(tiny_llama.model) is None
+    assert splits_exactly(tiny_gemma3.model, 8) and not splits_exactly(tiny_gemma3.model, 9)
+    assert splits_exactly(tiny_llama.model, 10_000)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2", "tiny_gemma3", "tiny_qwen2"])
 def test_split_rows_run_their_suffix_on_cached_prefix_exactly_as_whole_rows(fixture, request):
     model = request.getfixturevalue(fixture)
     net = model.model

@@ -13,7 +13,7 @@ from ..editing.request import DEFAULT_REFUSAL, EditRequest
 from ..lang import ScriptError, ast, check_source, read_script, resolve_edits
 from ..registry import Registry, get_registry
 from ..registry.loader import software_versions
-from ..registry.params import resolve_params
+from ..registry.presets import params_for
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,8 @@ def plan_report(
     prompts: list[str] = []
     for e in planned:
         spec = registry.method(e.method)
-        params = resolve_params(spec.params, e.given_params, spec.presets, model.arch.preset_family)
+        resolved = params_for(spec, e.given_params, model)
+        params = resolved.params
         if spec.name not in impls:
             impls[spec.name] = spec.load()
         touches_fn = getattr(impls[spec.name], "touches", None)
@@ -257,6 +258,8 @@ def plan_report(
                 "kind": e.request.kind,
                 "method": spec.name,
                 "params": params,
+                "preset": resolved.preset.model if resolved.preset else None,
+                "preset_reason": resolved.reason,
                 "batch": e.batch,
                 "touches": touches,
                 "expectations": expectations,

@@ -37,7 +37,8 @@ from ..errors import KedslError, UsageError, did_you_mean
 from ..records import jsonable
 from ..registry import Registry, get_registry
 from ..registry.loader import software_versions
-from ..registry.params import Param, Range, resolve_params, validate_params
+from ..registry.params import Param, Range, validate_params
+from ..registry.presets import params_for
 from ..registry.specs import MethodSpec
 from .table import DEFAULT_METRICS, FLUENCY_METRICS, FORMAT_METRICS, PRE_EFFICACY, render_table
 
@@ -233,7 +234,7 @@ def run_bench(
     spec = check_settings(registry, settings)
     fmt = cases[0].format if cases else (data or {}).get("format")
     metrics, skipped = select_metrics(registry, settings.metrics, fmt)
-    params = resolve_params(spec.params, settings.params, spec.presets, model.arch.preset_family)
+    params = params_for(spec, settings.params, model).params
     say = progress or (lambda done, total, msg: None)
     if cache_dir is None:
         cache_dir = stats_dir()

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 from ..errors import DataError, UsageError, did_you_mean
 from ..records import canonical_json
 from ..registry import Registry
-from ..registry.params import resolve_params
+from ..registry.presets import params_for
 from .datasets import read_cases, split_indices
 from .runner import BenchSettings, check_settings, data_sha256, run_bench
 from .table import LABELS
@@ -157,7 +157,7 @@ def run_suite(
         for m in methods:
             key = hashlib.sha256(canonical_json({**base, "method": m, "params": params.get(m, {})}).encode()).hexdigest()
             spec = registry.method(m)
-            resolved = resolve_params(spec.params, params.get(m, {}), spec.presets, model.arch.preset_family)
+            resolved = params_for(spec, params.get(m, {}), model).params
             row.append(Cell(d, m, out / d.name / f"{m}.json", key, resolved))
         cells.append((d, row))
     total = sum(len(row) for _, row in cells)

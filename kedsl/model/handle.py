@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..registry.presets import ModelShape
 from ..registry.specs import ArchitectureSpec
 from .fingerprint import fingerprint_state_dict
 
@@ -74,6 +75,16 @@ class LoadedModel:
                 f"layer {layer} does not exist: the model has layers 0..{self.num_layers - 1}",
                 "choose a layer inside that range",
             )
+
+    @property
+    def shape(self) -> ModelShape:
+        """What presets are matched by (architecture type, depth, widths, vocabulary)."""
+        return ModelShape.from_config(self.model.config)
+
+    @property
+    def name(self) -> str | None:
+        """The alias the model was loaded by (``smollm2-135m``), else None."""
+        return self.meta.get("alias")
 
     # -- identity ----------------------------------------------------------------
     def fingerprint(self) -> str:

@@ -214,19 +214,28 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def converted_gguf(gguf: Path, name: str | None = None) -> tuple[Path, str]:
+def converted_dir(gguf_name: str, sha256: str) -> Path:
+    """Where the conversion of a GGUF file with this SHA-256 is cached (may not exist)."""
+    return models_dir() / f"{gguf_name}-{sha256[:16]}"
+
+
+def converted_gguf(gguf: Path, name: str | None = None, sha256: str | None = None) -> tuple[Path, str]:
     """A Hugging Face directory holding ``gguf`` dequantized to float32 safetensors.
 
     Converted once into ``<cache>/models/<name>-<sha256[:16]>/``; later calls return the
     cached directory. The conversion is written to a temporary sibling and renamed into
-    place, so a killed process never leaves a half-written cache. Returns (dir, sha256).
+    place, so a killed process never leaves a half-written cache. ``sha256`` is the file's
+    hash when the caller has already verified it (then the file is not hashed again, and
+    need not exist once converted). Returns (dir, sha256).
     """
     gguf = Path(gguf).expanduser().resolve()
+    if sha256 is not None and (converted_dir(name or gguf.stem, sha256) / "config.json").is_file():
+        return converted_dir(name or gguf.stem, sha256), sha256
     if not gguf.is_file():
         raise ModelError(f"GGUF file `{gguf}` not found", "check the path in your `model` statement")
-    sha = file_sha256(gguf)
+    sha = sha256 or file_sha256(gguf)
     root = models_dir()
-    target = root / f"{name or gguf.stem}-{sha[:16]}"
+    target = converted_dir(name or gguf.stem, sha)
     if (target / "config.json").is_file():
         log.info("using the converted model cached at %s", target)
         return target, sha
@@ -301,9 +310,11 @@ def _remove_stale_temps(root: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def load_gguf(gguf: Path, settings: dict[str, Any], *, source: str, name: str | None = None) -> LoadedModel:
-    """Convert (once) and load a GGUF file."""
-    directory, sha = converted_gguf(gguf, name)
+def load_gguf(
+    gguf: Path, settings: dict[str, Any], *, source: str, name: str | None = None, sha256: str | None = None
+) -> LoadedModel:
+    """Convert (once) and load a GGUF file (``sha256``: see :func:`converted_gguf`)."""
+    directory, sha = converted_gguf(gguf, name, sha256)
     return load_pretrained(
         directory, settings, source=source, meta={"path": str(directory), "gguf_file": str(gguf), "gguf_sha256": sha}
     )

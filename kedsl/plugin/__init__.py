@@ -48,7 +48,8 @@ from ..errors import DataError, ModelError, PluginError, UsageError
 from ..evaluation.cases import EvalCase, Pair
 from ..evaluation.metric import Metric, MetricResult
 from ..registry.hookspecs import hookimpl
-from ..registry.params import MethodConfig, Param, Preset, Range, param
+from ..registry.params import MethodConfig, Param, Range, param
+from ..registry.presets import Depth, ModelShape, Preset
 from ..registry.specs import CHANGE_KINDS, ArchitectureSpec, MethodSpec, MetricSpec, ModelSourceSpec, Relation
 from ..training.trainer import Trainer, TrainingExample
 
@@ -77,7 +78,7 @@ __all__ = [
     # descriptors and hooks (torch-free)
     "hookimpl", "MethodSpec", "MetricSpec", "Relation", "ModelSourceSpec", "ArchitectureSpec", "CHANGE_KINDS",
     # parameters and configurations
-    "MethodConfig", "param", "Param", "Preset", "Range",
+    "MethodConfig", "param", "Param", "Preset", "Depth", "ModelShape", "Range",
     # what methods and metrics receive and return
     "Method", "EditRequest", "Metric", "MetricResult", "EvalCase", "Pair",
     # trained editors (kedsl train): what a method's trainer is and learns from

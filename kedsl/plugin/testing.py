@@ -28,7 +28,7 @@ kedsl's method contract, on a tiny model built in the test::
   and each kind it does not declare is refused with a usage error.
 
 The kit also builds the tiny models it uses (:func:`tiny_tokenizer`, :func:`tiny_llama`,
-:func:`tiny_gpt2`), which kedsl's own tests use too. It imports torch and transformers;
+:func:`tiny_qwen2`, :func:`tiny_gemma3`, :func:`tiny_gpt2`; any dtype), which kedsl's own tests use too. It imports torch and transformers;
 nothing is downloaded.
 """
 from __future__ import annotations
@@ -60,7 +60,8 @@ from ..model.journal import WeightJournal
 from ..model.loading import load_model
 from ..provenance.store import Store
 from ..registry import ENTRY_POINT_GROUP, Registry, get_registry
-from ..registry.params import Param, resolve_params
+from ..registry.params import Param
+from ..registry.presets import params_for
 from ..registry.specs import CHANGE_KINDS, MethodSpec
 from ..toolkit.scoring import teacher_forced
 
@@ -100,8 +101,9 @@ def tiny_tokenizer() -> Any:
 
 
 def tiny_llama(
-    tokenizer: Any = None, seed: int = 0, layers: int = 4, hidden: int = 64, intermediate: int = 128, registry: Registry | None = None
-) -> LoadedModel:
+    tokenizer: Any = None, seed: int = 0, layers: int = 4, hidden: int = 64, intermediate: int = 128,
+    registry: Registry | None = None, dtype: torch.dtype = torch.float32,
+) -> LoadedModel:  # fmt: skip
     """A random-init LLaMA (``layers`` blocks of width ``hidden``) with its architecture
     from the registry; the same seed gives the same weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -120,7 +122,50 @@ def tiny_llama(
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,
     )
-    return _random_model(LlamaForCausalLM, config, tokenizer, seed, registry, "tiny-llama")
+    return _random_model(LlamaForCausalLM, config, tokenizer, seed, registry, "tiny-llama", dtype)
+
+
+def tiny_qwen2(
+    tokenizer: Any = None, seed: int = 0, layers: int = 4, hidden: int = 64, intermediate: int = 128,
+    registry: Registry | None = None, dtype: torch.dtype = torch.float32,
+) -> LoadedModel:  # fmt: skip
+    """A random-init Qwen2 (LLaMA layout with q/k/v biases and tied embeddings)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tokenizer or tiny_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    return _random_model(Qwen2ForCausalLM, config, tokenizer, seed, registry, "tiny-qwen2", dtype)
+
+
+def tiny_gemma3(
+    tokenizer: Any = None, seed: int = 0, layers: int = 4, hidden: int = 64, intermediate: int = 128,
+    registry: Registry | None = None, dtype: torch.dtype = torch.float32,
+) -> LoadedModel:  # fmt: skip
+    """A random-init Gemma 3 text model: GeGLU MLP, four norms per block, scaled and tied
+    embeddings, and sliding-window attention (window 8, every other layer global) so that
+    the tests' prompts cross the window."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = tokenizer or tiny_tokenizer()
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=8,
+        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    model = _random_model(Gemma3ForCausalLM, config, tokenizer, seed, registry, "tiny-gemma3", dtype)
+    # random-init norms have weight 0, i.e. scale 1 + 0: give them some spread so a method
+    # that ignores a norm is caught
+    with torch.no_grad():
+        for name, p in model.model.named_parameters():
+            if "norm" in name:
+                p.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(seed + len(name)))
+    return model
 
 
 def tiny_gpt2(tokenizer: Any = None, seed: int = 0, layers: int = 4, hidden: int = 64, registry: Registry | None = None) -> LoadedModel:
@@ -142,9 +187,12 @@ def tiny_gpt2(tokenizer: Any = None, seed: int = 0, layers: int = 4, hidden: int
     return _random_model(GPT2LMHeadModel, config, tokenizer, seed, registry, "tiny-gpt2")
 
 
-def _random_model(model_class: Any, config: Any, tokenizer: Any, seed: int, registry: Registry | None, ref: str) -> LoadedModel:
+def _random_model(
+    model_class: Any, config: Any, tokenizer: Any, seed: int, registry: Registry | None, ref: str,
+    dtype: torch.dtype = torch.float32,
+) -> LoadedModel:  # fmt: skip
     torch.manual_seed(seed)
-    model = model_class(config).eval()
+    model = model_class(config).eval().to(dtype)
     arch = (registry or get_registry()).architecture_for(config.model_type)
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, ref=ref)
 
@@ -262,7 +310,7 @@ class _Runner:
 
     # -- helpers --------------------------------------------------------------------------------
     def resolved(self, model: LoadedModel) -> dict[str, Any]:
-        return resolve_params(self.spec.params, self.given, self.spec.presets, model.arch.preset_family)
+        return params_for(self.spec, self.given, model).params
 
     def apply(self, model: LoadedModel, kind: str | None = None) -> tuple[EditOutcome, EditContext]:
         """One edit as the executor makes it: kinds checked, torch seeded, a fresh journal."""

@@ -11,7 +11,7 @@ subclass (each made with :func:`param`: default, meaning, bounds)::
 Its :class:`MethodSpec` names the class (``config=MyConfig``) and gets the :class:`Param`
 schema from it: ``kedsl check`` validates a script's ``using method(k=v)`` against that
 schema without importing torch, the executor resolves defaults and presets through
-:func:`resolve_params`, and the method builds its configuration with
+:func:`kedsl.registry.presets.resolve_for_model`, and the method builds its configuration with
 ``MyConfig.from_params(params)``. Defaults, types and ranges live in that one place.
 """
 from __future__ import annotations
@@ -119,19 +119,6 @@ class Param:
         return None
 
 
-@dataclass(frozen=True)
-class Preset:
-    """Default parameter values for one family of architectures (e.g. ``llama``).
-
-    ``measured_by`` says which measurement chose the values (methods.md: presets are
-    chosen by measurement, not copied blindly).
-    """
-
-    family: str
-    values: dict[str, Any] = field(default_factory=dict)
-    measured_by: str = ""
-
-
 def _num(v: Any) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v)) if abs(v) < 1e15 else str(v)
@@ -166,17 +153,10 @@ def validate_params(schema: "list[Param] | tuple[Param, ...]", given: dict[str, 
     return problems
 
 
-def resolve_params(
-    schema: "list[Param] | tuple[Param, ...]",
-    given: dict[str, Any],
-    presets: "list[Preset] | tuple[Preset, ...]" = (),
-    family: str | None = None,
-) -> dict[str, Any]:
-    """Defaults, overlaid by the preset for ``family``, overlaid by ``given``; coerced."""
+def resolve_params(schema: "list[Param] | tuple[Param, ...]", given: dict[str, Any]) -> dict[str, Any]:
+    """Declared defaults overlaid by ``given``, coerced and validated. Presets come on top
+    of the defaults through :func:`kedsl.registry.presets.resolve_for_model`."""
     values: dict[str, Any] = {p.name: p.default for p in schema}
-    for preset in presets:
-        if family is not None and preset.family == family:
-            values.update(preset.values)
     values.update(given)
     by_name = {p.name: p for p in schema}
     out: dict[str, Any] = {}

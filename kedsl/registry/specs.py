@@ -11,7 +11,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .params import Param, Preset, validate_params
+from .params import Param
+from .presets import Depth, Preset, check_presets
 
 #: The kinds of change a script states (``edit``, ``insert``, ``erase``): KnowEdit's
 #: modification, insertion (a fact the model lacks) and erasure (forget an answer).
@@ -37,8 +38,10 @@ class MethodSpec:
     :class:`kedsl.editing.method.Method`. ``config`` is the method's
     :class:`~kedsl.registry.params.MethodConfig` subclass: its fields are the parameters,
     and ``params`` is derived from it (a method without a configuration class may give
-    ``params`` directly instead, never both). Every preset must name declared parameters
-    with valid values. ``kinds`` are the kinds of change (:data:`CHANGE_KINDS`) the method
+    ``params`` directly instead, never both). ``presets`` are values measured per model
+    (:class:`~kedsl.registry.presets.Preset`; each must name declared parameters with
+    valid values); ``depth_defaults`` give layer parameters as fractions of depth for
+    models without one. ``kinds`` are the kinds of change (:data:`CHANGE_KINDS`) the method
     accepts; it refuses the others with a :class:`~kedsl.errors.UsageError`.
     """
 
@@ -49,6 +52,7 @@ class MethodSpec:
     supports_batch: bool = False
     supports_sequential: bool = True
     presets: tuple[Preset, ...] = ()
+    depth_defaults: tuple[Depth, ...] = ()
     #: Non-weight outcomes the method makes, ``(kind, "package.module:Class")`` pairs of
     #: :class:`kedsl.model.attachments.Attachment` subclasses; loading a saved model uses them.
     attachments: tuple[tuple[str, str], ...] = ()
@@ -66,10 +70,7 @@ class MethodSpec:
         bad_kinds = [k for k in self.kinds if k not in CHANGE_KINDS]
         if not self.kinds or bad_kinds:
             raise ValueError(f"method {self.name}: kinds must be a non-empty subset of {CHANGE_KINDS}, got {self.kinds}")
-        for preset in self.presets:
-            problems = validate_params(self.params, preset.values)
-            if problems:
-                raise ValueError(f"method {self.name}: preset `{preset.family}`: " + "; ".join(m for _, m, _ in problems))
+        check_presets(self.name, self.params, self.presets, self.depth_defaults)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -151,7 +152,11 @@ class ArchitectureSpec:
 
     ``mlp_out`` is the MLP's output projection, the weight ROME-family methods edit; its
     input is the "key" and its output the "value". ``transposed`` is True for GPT-2's
-    Conv1D, whose weight is stored (in_features, out_features).
+    Conv1D, whose weight is stored (in_features, out_features). ``mlp_out_norm`` is the
+    norm a block applies to the MLP's output before adding it to the residual stream
+    (Gemma 2/3's ``post_feedforward_layernorm``); None where the output is added as it is.
+    Methods that turn a residual-stream target into a value (MEMIT, AlphaEdit) map it
+    through this norm's inverse.
     """
 
     name: str
@@ -164,12 +169,8 @@ class ArchitectureSpec:
     final_norm: str  # e.g. "model.norm"
     lm_head: str  # e.g. "lm_head"
     transposed: bool = False
-    family: str = ""  # preset family name; defaults to ``name``
+    mlp_out_norm: str | None = None  # e.g. "model.layers.{}.post_feedforward_layernorm"
     doc: str = ""
-
-    @property
-    def preset_family(self) -> str:
-        return self.family or self.name
 
     def layer_path(self, template: str, layer: int) -> str:
         return template.format(layer)

@@ -14,6 +14,7 @@ row as absolute column indices in the padded batch (``Batch.col`` converts).
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -124,6 +125,24 @@ def make_split_batch(rows: Sequence[Sequence[int]], cuts: Sequence[int], pad: in
     return SplitBatch(ids[:, :p], ids[:, p:], mask, pos, offsets)
 
 
+def sliding_window(net: nn.Module) -> int | None:
+    """The attention window of a model whose layers include sliding-window ones (Gemma 2/3,
+    Mistral-style configs), else None."""
+    config = getattr(net, "config", None)
+    types = getattr(config, "layer_types", None) or []
+    window = getattr(config, "sliding_window", None)
+    return int(window) if window and "sliding_attention" in types else None
+
+
+def splits_exactly(net: nn.Module, longest_row: int) -> bool:
+    """Whether a :class:`SplitBatch` of rows up to ``longest_row`` tokens gives the same
+    numbers as whole rows: its prefix and suffix are padded separately, and a sliding
+    window counts the pad columns between them, so rows longer than the window must run
+    whole."""
+    window = sliding_window(net)
+    return window is None or longest_row <= window
+
+
 def cache_argument(net: nn.Module) -> str | None:
     """The keyword ``net.forward`` takes a key/value cache by (``cache`` in recent
     transformers, ``past_key_values`` before), or None if it takes none."""
@@ -147,18 +166,11 @@ def returned_cache(out: Any) -> Any:
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-def _cache_pairs(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if hasattr(cache, "layers"):  # transformers >= 4.56
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    if hasattr(cache, "key_cache"):
-        return list(zip(cache.key_cache, cache.value_cache))
-    return [(k, v) for k, v in cache]  # legacy tuple of tuples
-
-
 @torch.no_grad()
-def prefix_keys_values(net: nn.Module, batch: SplitBatch) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Run the prefixes of ``batch`` once; their keys and values per layer (None if no
-    row has a prefix)."""
+def prefix_keys_values(net: nn.Module, batch: SplitBatch) -> Any:
+    """Run the prefixes of ``batch`` once; the key/value cache they leave (None if no
+    row has a prefix). The model's own cache object is kept as it is, so layers with a
+    sliding attention window (Gemma) keep the part of the prefix their window sees."""
     if batch.prefix_width == 0:
         return None
     kw = cache_argument(net)
@@ -166,22 +178,16 @@ def prefix_keys_values(net: nn.Module, batch: SplitBatch) -> list[tuple[torch.Te
         raise ValueError(f"{type(net).__name__} takes no key/value cache")
     extra = {"logits_to_keep": 1} if accepts_logits_to_keep(net) else {}
     out = net(**batch.prefix_inputs(), use_cache=True, **extra)
-    return [(k.detach(), v.detach()) for k, v in _cache_pairs(returned_cache(out))]
+    return returned_cache(out)
 
 
-def run_suffix(net: nn.Module, batch: SplitBatch, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None, **kwargs: Any) -> Any:
+def run_suffix(net: nn.Module, batch: SplitBatch, prefix: Any, **kwargs: Any) -> Any:
     """The forward pass of the suffixes of ``batch`` on top of ``prefix``'s keys and
-    values, in a fresh cache (the pass appends to it; the prefix tensors are not changed,
+    values, in a copy of that cache (the pass appends to it; the prefix is not changed,
     so each call starts from the same prefix and holds no autograd graph of another)."""
     if prefix is None:  # no row has a prefix: the suffixes are the whole rows
         return net(**batch.suffix_inputs(), use_cache=False, **kwargs)
-    from transformers import DynamicCache
-
-    try:
-        cache = DynamicCache(ddp_cache_data=prefix)
-    except TypeError:  # transformers < 4.56
-        cache = DynamicCache.from_legacy_cache(tuple(prefix))
-    return net(**batch.suffix_inputs(), use_cache=True, **{cache_keyword(net): cache}, **kwargs)
+    return net(**batch.suffix_inputs(), use_cache=True, **{cache_keyword(net): copy.deepcopy(prefix)}, **kwargs)
 
 
 def _detached(x: Any) -> Any:

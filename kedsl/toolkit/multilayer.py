@@ -197,6 +197,27 @@ class SpreadReader:
         return first_tensor(outs[-1])[:, last_col].float()
 
 
+@torch.no_grad()
+def value_residuals(model: LoadedModel, layer: int, keys: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
+    """The change of ``layer``'s MLP output projection output that moves the residual
+    stream by ``residuals`` (``(d, n)``), for the values ``W k`` at ``keys``.
+
+    Where the block adds that output as it is, the two are the same. Where it norms it
+    first (``arch.mlp_out_norm``: Gemma's RMSNorm ``N(v) = g ⊙ v / rms(v)``), the
+    change is ``rms(v) · r ⊘ g``: it turns ``N(v)`` exactly towards ``N(v) + r``, and
+    the norm keeps the length (each spread pass closes part of what remains)."""
+    if model.arch.mlp_out_norm is None:
+        return residuals
+    norm = model.module(model.arch.mlp_out_norm.format(layer))
+    w = model.parameter(model.mlp_out_weight_name(layer)).float()
+    values = (w.T if model.arch.transposed else w) @ keys.float()  # (d_out, n)
+    ones = torch.ones(1, values.shape[0], device=values.device, dtype=model.dtype)
+    gain = norm(ones).float()[0]  # g: the norm of a vector of ones is its scale
+    gain = torch.where(gain.abs() < 1e-3, torch.full_like(gain, 1e-3).copysign(gain), gain)
+    rms = values.pow(2).mean(0, keepdim=True).sqrt()
+    return rms * residuals.float() / gain[:, None]
+
+
 def spread_update(
     model: LoadedModel,
     requests: Sequence[EditRequest],
@@ -224,7 +245,7 @@ def spread_update(
                 progress(f"layer {layer}" + (f" (pass {pass_no + 1} of {passes})" if passes > 1 else ""))
             gap = targets - reader.read()
             keys = reader.keys[layer]
-            residuals = gap / (len(layers) - j)
+            residuals = value_residuals(model, layer, keys, gap / (len(layers) - j))
             delta = solve(layer, keys, residuals)
             name = model.mlp_out_weight_name(layer)
             w = model.parameter(name)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ..editing.request import EditRequest
 from ..model.handle import LoadedModel
+from .activations import accepts_logits_to_keep
 from .tokens import encode_pair
 
 
@@ -27,15 +28,26 @@ def _pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[torch.T
     return ids, mask
 
 
+def _logits_from(model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Logits of the positions ``start`` onwards only: the vocabulary projection is the
+    largest matrix product of a small model (262k rows for Gemma 3), and a target loss
+    reads none of the positions before the first target."""
+    keep = ids.shape[1] - start
+    extra = {"logits_to_keep": keep} if accepts_logits_to_keep(model.model) else {}
+    logits = model.model(input_ids=ids, attention_mask=mask, **extra).logits
+    return logits[:, -keep:]
+
+
 def masked_target_loss(model: LoadedModel, requests: list[EditRequest]) -> torch.Tensor:
     """FT-M: mean teacher-forced NLL of the target tokens, prompt positions masked out."""
     ids_rows, prompt_lens, _ = _batch(model, requests)
     ids, mask = _pad(ids_rows, 0, model.device)
-    logits = model.model(input_ids=ids, attention_mask=mask).logits
+    start = min(prompt_lens) - 1  # the first position whose logits predict a target token
+    logits = _logits_from(model, ids, mask, start)
     labels = torch.full_like(ids, -100)
     for i, (row, pl) in enumerate(zip(ids_rows, prompt_lens)):
         labels[i, pl : len(row)] = ids[i, pl : len(row)]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, start + 1 :].reshape(-1), ignore_index=-100)
 
 
 def last_prompt_loss(model: LoadedModel, requests: list[EditRequest]) -> torch.Tensor:
@@ -44,8 +56,9 @@ def last_prompt_loss(model: LoadedModel, requests: list[EditRequest]) -> torch.T
     ids_rows, prompt_lens, target_rows = _batch(model, requests)
     prompts = [row[:pl] for row, pl in zip(ids_rows, prompt_lens)]
     ids, mask = _pad(prompts, 0, model.device)
-    logp = torch.log_softmax(model.model(input_ids=ids, attention_mask=mask).logits, dim=-1)
-    losses = [-logp[i, len(p) - 1, t].mean() for i, (p, t) in enumerate(zip(prompts, target_rows))]
+    start = min(len(p) for p in prompts) - 1
+    logp = torch.log_softmax(_logits_from(model, ids, mask, start), dim=-1)
+    losses = [-logp[i, len(p) - 1 - start, t].mean() for i, (p, t) in enumerate(zip(prompts, target_rows))]
     return torch.stack(losses).mean()
 
 

@@ -72,6 +72,7 @@ from .activations import (
     record_layer_outputs,
     replaying,
     run_suffix,
+    splits_exactly,
     trace,
 )
 from .tokens import SubjectEncoded, encode_with_subject
@@ -150,7 +151,7 @@ class _Layout:
     kl_fact: torch.Tensor
     plain: list[int]  # rows of the plain prompts, in fact order
     split: SplitBatch | None = None  # set: rows cut at the subject's last token (see search_values)
-    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the cut rows' prefix keys/values
+    prefix: Any = None  # the key/value cache the cut rows' prefixes leave
     below: Sequence[torch.nn.Module] = ()  # the layers below the edit point, replayed on cut rows
     replay: list[Any] | None = None  # their outputs in the cut rows' suffix pass
 
@@ -234,7 +235,7 @@ def search_values(
     # δ changes nothing before the subject's last token (causal attention), so without a
     # rank-one direction (which changes every token) the rows are cut there: the part
     # before runs once, each step only the rest (bench/memit_speed.py measures the gain)
-    split = cfg.prefix_cache and direction is None and cache_argument(net) is not None
+    split = cfg.prefix_cache and direction is None and cache_argument(net) is not None and splits_exactly(net, max(map(len, rows)))
     # ... and on the cut rows the layers below the edit point see no δ either: their
     # outputs are recorded once per layout and replayed at every step
     below = layers_below(model, path) if split else []

@@ -67,3 +67,31 @@ def linear_weights_as(net: nn.Module, dtype: torch.dtype) -> Iterator[None]:
     finally:
         for mod, name, p in reversed(saved):
             setattr(mod, name, p)
+
+
+@contextlib.contextmanager
+def float32_master(module: nn.Module, name: str = "weight") -> Iterator[torch.Tensor]:
+    """The tensor to optimise when training ``module.<name>``: the parameter itself when
+    it is float32; otherwise a float32 master copy that the module reads, cast to the
+    parameter's dtype, at every forward (the gradient flows back through the cast). A
+    bf16 weight stepped directly loses every step smaller than its rounding (about 0.4%
+    of its value); the master keeps them. The parameter itself is not changed: the
+    caller writes the trained values back (cast once) through the weight journal."""
+    p = getattr(module, name)
+    if p.dtype == torch.float32:
+        yield p
+        return
+    master = p.detach().float().requires_grad_(True)
+    dtype = p.dtype
+
+    def cast(mod: nn.Module, args: tuple) -> None:
+        setattr(mod, name, master.to(dtype))
+
+    del module._parameters[name]
+    handle = module.register_forward_pre_hook(cast)
+    try:
+        yield master
+    finally:
+        handle.remove()
+        module.__dict__.pop(name, None)
+        module.register_parameter(name, p)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from kedsl.plugin import MethodSpec, hookimpl
 
-from .config import PRESETS, AlphaEditConfig
+from .config import DEPTH, PRESETS, AlphaEditConfig
 
 #: The declared parameters (derived from :class:`AlphaEditConfig`).
 PARAMS = AlphaEditConfig.params()
@@ -30,6 +30,7 @@ def register_methods() -> list[MethodSpec]:
             supports_batch=True,
             supports_sequential=True,
             presets=PRESETS,
+            depth_defaults=DEPTH,
             kinds=("edit", "insert", "erase"),
         )
     ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kedsl.plugin import Preset, param
+from kedsl.plugin import Depth, Preset, param
 from kedsl.toolkit.multilayer_config import MultiLayerConfig
 
 
@@ -23,7 +23,7 @@ class AlphaEditConfig(MultiLayerConfig):
 
 PRESETS = (
     Preset(
-        family="llama",
+        model="smollm2-135m",
         values={"layers": [2, 3, 4, 5, 6, 7, 8], "l2": 1.0, "earlier_weight": 16.0, "context_count": 1},
         measured_by=(
             "l2 swept on ZsRE records 0-9 and 40-79 in one batch, with MEMIT's search and layer settings "
@@ -31,9 +31,8 @@ PRESETS = (
             "100 sequential edits of records 100-199 (kedsl_alphaedit.alphaedit.MEASURED)"
         ),
     ),
-    Preset(
-        family="gpt2",
-        values={"layers": [3, 4, 5, 6], "bf16": False},
-        measured_by="not measured (no GPT-2 checkpoint offline): MEMIT's GPT-2 XL layers scaled to 12 layers; tests check only mechanics",
-    ),
 )
+
+#: For models without a measured preset: the same fraction of depth as the measured
+#: preset (AlphaEdit: layers 2..8 of 30 on SmolLM2).
+DEPTH = (Depth("layers", 0.07, 0.27),)

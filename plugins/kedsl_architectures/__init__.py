@@ -5,11 +5,13 @@ modules whose weight is stored transposed, (in_features, out_features).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from kedsl.plugin import ArchitectureSpec, hookimpl
 
 LLAMA_FAMILY = ArchitectureSpec(
     name="llama",
-    model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "phi3", "granite"),
+    model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "olmo2", "phi3", "granite"),
     layers="model.layers",
     mlp="model.layers.{}.mlp",
     mlp_out="model.layers.{}.mlp.down_proj",
@@ -18,6 +20,20 @@ LLAMA_FAMILY = ArchitectureSpec(
     final_norm="model.norm",
     lm_head="lm_head",
     doc="LLaMA-style decoder: gated MLP (gate_proj, up_proj, down_proj), RMSNorm.",
+)
+
+# Gemma keeps its parts where LLaMA does; what differs is the MLP output's norm.
+GEMMA3 = replace(
+    LLAMA_FAMILY,
+    name="gemma3",
+    model_types=("gemma3_text", "gemma2"),
+    mlp_out_norm="model.layers.{}.post_feedforward_layernorm",
+    doc=(
+        "Gemma 3 (text; also Gemma 2): GeGLU MLP (gelu-tanh gate; the key is down_proj's input as in "
+        "LLaMA), four RMSNorms per block with the MLP output normed before the residual (mlp_out_norm), "
+        "embeddings scaled by sqrt(d) inside the embedding module and tied to the head, sliding-window "
+        "attention on 5 of 6 layers, a 262k vocabulary (logits are computed only where read)."
+    ),
 )
 
 GPT2 = ArchitectureSpec(
@@ -63,4 +79,4 @@ GPT_NEOX = ArchitectureSpec(
 
 @hookimpl
 def register_architectures() -> list[ArchitectureSpec]:
-    return [LLAMA_FAMILY, GPT2, GPTJ, GPT_NEOX]
+    return [LLAMA_FAMILY, GEMMA3, GPT2, GPTJ, GPT_NEOX]

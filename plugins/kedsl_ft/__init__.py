@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from kedsl.plugin import MethodSpec, hookimpl
 
-from .config import FT_L_PRESETS, FT_M_PRESETS, FTLConfig, FTMConfig
+from .config import DEPTH, FT_L_PRESETS, FT_M_PRESETS, FTLConfig, FTMConfig
 
 #: The declared parameters (derived from the configurations).
 FT_L_PARAMS = FTLConfig.params()
@@ -31,6 +31,7 @@ FT_L_SPEC = MethodSpec(
     supports_batch=True,
     supports_sequential=True,
     presets=FT_L_PRESETS,
+    depth_defaults=DEPTH,
     kinds=("edit", "insert", "erase"),
 )
 FT_M_SPEC = MethodSpec(
@@ -41,6 +42,7 @@ FT_M_SPEC = MethodSpec(
     supports_batch=True,
     supports_sequential=True,
     presets=FT_M_PRESETS,
+    depth_defaults=DEPTH,
     kinds=("edit", "insert", "erase"),
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kedsl.plugin import MethodConfig, Preset, param
+from kedsl.plugin import Depth, MethodConfig, Preset, param
 
 
 @dataclass
@@ -61,7 +61,7 @@ class FTMConfig(FTConfig):
 
 FT_L_PRESETS = (
     Preset(
-        family="llama",
+        model="smollm2-135m",
         values={"layer": 20, "norm_constraint": 5e-3},
         measured_by=(
             "SmolLM2-135M-Instruct, ZsRE records 0-9, single edits, layer 20, lr 5e-4, 25 steps "
@@ -76,7 +76,7 @@ FT_L_PRESETS = (
 )
 FT_M_PRESETS = (
     Preset(
-        family="llama",
+        model="smollm2-135m",
         values={"layer": 20},
         measured_by=(
             "SmolLM2-135M-Instruct, ZsRE records 0-19, single edits, layer 20, lr 5e-4, 25 steps: "
@@ -85,3 +85,7 @@ FT_M_PRESETS = (
         ),
     ),
 )
+
+#: For models without a measured preset: the same fraction of depth as the measured
+#: preset (FT: layer 20 of 30 on SmolLM2 (EasyEdit's two thirds of depth)).
+DEPTH = (Depth("layer", 0.67),)

@@ -14,6 +14,8 @@ import torch
 
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method
 from kedsl.toolkit.objectives import last_prompt_loss, masked_target_loss, unlikelihood_loss
+from kedsl.toolkit.activations import record_layer_outputs, replaying
+from kedsl.toolkit.precision import float32_master
 
 from .config import FTConfig, FTLConfig, FTMConfig
 
@@ -48,25 +50,34 @@ class _FineTune(Method):
         try:
             for p in model.model.parameters():
                 p.requires_grad_(False)
-            weight.requires_grad_(True)
             model.model.eval()  # no dropout: the edit must be deterministic
-            opt = torch.optim.Adam([weight], lr=cfg.lr, weight_decay=cfg.weight_decay)
-            with torch.enable_grad():
-                for step in range(cfg.steps):
-                    opt.zero_grad(set_to_none=True)
-                    loss = self.loss(model, requests)
-                    unlikely = unlikelihood_loss(model, requests) if cfg.unlearn > 0 else None
-                    if unlikely is not None:
-                        loss = loss + cfg.unlearn * unlikely
-                    losses.append(float(loss.detach()))
-                    if losses[-1] < cfg.nll_tol:
-                        break
-                    loss.backward()
-                    opt.step()
-                    if bound > 0:
-                        with torch.no_grad():
-                            weight.copy_(torch.clamp(weight, original - bound, original + bound))
-            trained = weight.detach().clone()
+            # a bf16/fp16 weight trains through a float32 master copy (steps below its rounding survive)
+            with float32_master(model.mlp_out(cfg.layer)) as trained_w:
+                start_w = trained_w.detach().clone()
+                trained_w.requires_grad_(True)
+                opt = torch.optim.Adam([trained_w], lr=cfg.lr, weight_decay=cfg.weight_decay)
+                # the layers below the trained one see the same tokens and weights at every
+                # step: their outputs are recorded once and replayed
+                below = list(model.module(model.arch.layers))[: cfg.layer]
+                with torch.no_grad():
+                    recorded = record_layer_outputs(model.model, below, lambda: self.loss(model, requests)) if below else []
+                with torch.enable_grad():
+                    for step in range(cfg.steps):
+                        opt.zero_grad(set_to_none=True)
+                        with replaying(below, recorded):
+                            loss = self.loss(model, requests)
+                        unlikely = unlikelihood_loss(model, requests) if cfg.unlearn > 0 else None
+                        if unlikely is not None:
+                            loss = loss + cfg.unlearn * unlikely
+                        losses.append(float(loss.detach()))
+                        if losses[-1] < cfg.nll_tol:
+                            break
+                        loss.backward()
+                        opt.step()
+                        if bound > 0:
+                            with torch.no_grad():
+                                trained_w.copy_(torch.clamp(trained_w, start_w - bound, start_w + bound))
+                trained = trained_w.detach().to(weight.dtype).clone()
         finally:
             with torch.no_grad():
                 weight.copy_(original)

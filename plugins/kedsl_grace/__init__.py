@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from kedsl.plugin import MethodSpec, hookimpl
 
-from .config import GRACE_PRESETS, GraceConfig
+from .config import DEPTH, GRACE_PRESETS, GraceConfig
 
 #: The declared parameters (derived from :class:`GraceConfig`).
 GRACE_PARAMS = GraceConfig.params()
@@ -34,6 +34,7 @@ GRACE_SPEC = MethodSpec(
     supports_batch=True,
     supports_sequential=True,
     presets=GRACE_PRESETS,
+    depth_defaults=DEPTH,
     attachments=(("grace_codebook", "kedsl_grace.codebook:GraceCodebook"),),
     kinds=("edit", "insert", "erase"),
 )

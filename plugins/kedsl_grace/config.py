@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kedsl.plugin import MethodConfig, Preset, param
+from kedsl.plugin import Depth, MethodConfig, Preset, param
 
 
 @dataclass
@@ -29,7 +29,7 @@ class GraceConfig(MethodConfig):
 
 GRACE_PRESETS = (
     Preset(
-        family="llama",
+        model="smollm2-135m",
         values={"layer": 23, "eps": 0.15, "lr": 1.0},
         measured_by=(
             "SmolLM2-135M-Instruct, ZsRE records 0-149 (train part). Keys (down_proj input at the last prompt "
@@ -47,3 +47,7 @@ GRACE_PRESETS = (
         ),
     ),
 )
+
+#: For models without a measured preset: the same fraction of depth as the measured
+#: preset (GRACE: layer 23 of 30 on SmolLM2).
+DEPTH = (Depth("layer", 0.77),)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from kedsl.plugin import MethodSpec, hookimpl
 
-from .config import N_DEMONSTRATIONS, PRESETS, IKEConfig
+from .config import DEPTH, N_DEMONSTRATIONS, PRESETS, IKEConfig
 
 __all__ = ["IKEConfig", "N_DEMONSTRATIONS", "PARAMS", "PRESETS", "SPEC", "register_methods"]
 
@@ -32,6 +32,7 @@ SPEC = MethodSpec(
     supports_batch=True,
     supports_sequential=True,
     presets=PRESETS,
+    depth_defaults=DEPTH,
     attachments=(("ike_memory", "kedsl_ike.ike:IKEMemory"),),
     kinds=("edit", "insert", "erase"),
 )

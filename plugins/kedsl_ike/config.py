@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kedsl.plugin import MethodConfig, Preset, param
+from kedsl.plugin import Depth, MethodConfig, Preset, param
 
 #: How many demonstrations :data:`kedsl_ike.ike.DEMONSTRATIONS` holds (kept here, torch-free,
 #: for the parameter's bound; a test checks the two agree).
@@ -44,7 +44,7 @@ class IKEConfig(MethodConfig):
 
 PRESETS = (
     Preset(
-        family="llama",
+        model="smollm2-135m",
         values={"layer": 4, "threshold": 0.45, "top_k": 1, "demonstrations": 2},
         measured_by=(
             "SmolLM2-135M-Instruct, ZsRE records 0-499 (498 with a target), cosine of each record's "
@@ -61,3 +61,7 @@ PRESETS = (
         ),
     ),
 )
+
+#: For models without a measured preset: the same fraction of depth as the measured
+#: preset (IKE: retrieval layer 4 of 30 on SmolLM2).
+DEPTH = (Depth("layer", 0.13),)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from kedsl.plugin import MethodSpec, hookimpl
 
-from .config import ADALORA_PRESETS, LORA_PRESETS, AdaLoRAConfig, LoRAConfig
+from .config import DEPTH, ADALORA_PRESETS, LORA_PRESETS, AdaLoRAConfig, LoRAConfig
 
 #: The declared parameters (derived from the configurations).
 LORA_PARAMS = LoRAConfig.params()
@@ -33,6 +33,7 @@ LORA_SPEC = MethodSpec(
     supports_batch=True,
     supports_sequential=True,
     presets=LORA_PRESETS,
+    depth_defaults=DEPTH,
     attachments=(("lora_adapter", "kedsl_lora.adapters:LoraAdapter"),),
     kinds=("edit", "insert", "erase"),
 )
@@ -44,6 +45,7 @@ ADALORA_SPEC = MethodSpec(
     supports_batch=True,
     supports_sequential=True,
     presets=ADALORA_PRESETS,
+    depth_defaults=DEPTH,
     attachments=(("adalora_adapter", "kedsl_lora.adapters:AdaLoraAdapter"),),
     kinds=("edit", "insert", "erase"),
 )

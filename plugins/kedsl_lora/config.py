@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kedsl.plugin import MethodConfig, Preset, param
+from kedsl.plugin import Depth, MethodConfig, Preset, param
 
 
 @dataclass
@@ -57,7 +57,7 @@ class AdaLoRAConfig(AdapterConfig):
 # sweep is kedsl_lora.lora.SWEEP. Fluency was measured only in 5-record smoke runs.
 LORA_PRESETS = (
     Preset(
-        family="llama",
+        model="smollm2-135m",
         values={"layers": [20], "modules": ["mlp_out"], "rank": 8, "alpha": 32.0, "lr": 1e-3, "steps": 60, "nll_tol": 0.3},
         measured_by=(
             "SmolLM2-135M-Instruct, ZsRE single edits, 8 settings on records 0-9 (kedsl_lora.lora.SWEEP): layer 20's "
@@ -69,7 +69,7 @@ LORA_PRESETS = (
 )
 ADALORA_PRESETS = (
     Preset(
-        family="llama",
+        model="smollm2-135m",
         values={"layers": [20], "modules": ["mlp_out"], "init_rank": 12, "target_rank": 8, "alpha": 32.0, "lr": 1e-2, "steps": 60, "nll_tol": 0.3},
         measured_by=(
             "SmolLM2-135M-Instruct, ZsRE single edits, 5 settings on records 0-9 (kedsl_lora.lora.SWEEP): layer 20's "
@@ -79,3 +79,7 @@ ADALORA_PRESETS = (
         ),
     ),
 )
+
+#: For models without a measured preset: the same fraction of depth as the measured
+#: preset (LoRA: layer 20 of 30 on SmolLM2).
+DEPTH = (Depth("layers", 0.67, 0.67),)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kedsl.plugin import MethodSpec, hookimpl
 
-from .config import PRESETS, MEMITConfig
+from .config import DEPTH, PRESETS, MEMITConfig
 
 #: The declared parameters (derived from :class:`MEMITConfig`).
 PARAMS = MEMITConfig.params()
@@ -27,6 +27,7 @@ def register_methods() -> list[MethodSpec]:
             supports_batch=True,
             supports_sequential=True,
             presets=PRESETS,
+            depth_defaults=DEPTH,
             kinds=("edit", "insert", "erase"),
         )
     ]

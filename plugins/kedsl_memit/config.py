@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kedsl.plugin import Preset, param
+from kedsl.plugin import Depth, Preset, param
 from kedsl.toolkit.multilayer_config import MultiLayerConfig
 
 
@@ -20,7 +20,7 @@ class MEMITConfig(MultiLayerConfig):
 
 PRESETS = (
     Preset(
-        family="llama",
+        model="smollm2-135m",
         values={"layers": [2, 3, 4, 5, 6, 7, 8], "mom2_update_weight": 1500.0, "spread_passes": 2, "context_count": 1},
         measured_by=(
             "swept on ZsRE records 0-499 in one batch (bench/multilayer_sweep.py; tables in kedsl_memit.memit.SWEEP): "
@@ -29,9 +29,8 @@ PRESETS = (
             "passes with lambda on 100-149, lambda again on 100-149 with kedsl bench after the faster search (table 7)"
         ),
     ),
-    Preset(
-        family="gpt2",
-        values={"layers": [3, 4, 5, 6], "bf16": False},
-        measured_by="not measured (no GPT-2 checkpoint offline): MEMIT's GPT-2 XL layers 13..17 of 48 scaled to 12 layers; tests check only mechanics",
-    ),
 )
+
+#: For models without a measured preset: the same fraction of depth as the measured
+#: preset (MEMIT: layers 2..8 of 30 on SmolLM2).
+DEPTH = (Depth("layers", 0.07, 0.27),)

