@@ -156,5 +156,17 @@ def test_real_model_loads_and_edits_the_eiffel_tower(real_model, arch, layers, t
     editor = Editor(real_model)
     report = editor.edit("Eiffel Tower", "located_in", "Rome")
     assert report.status == "applied", report
-    rome, louvre = generate(real_model, ["The Eiffel Tower is located in the city of", "The Louvre is located in the city of"], max_new_tokens=4)
+    prompts = ["The Eiffel Tower is located in the city of", "The Louvre is located in the city of"]
+    rome, louvre = generate(real_model, prompts, max_new_tokens=4)
     assert rome.strip().startswith("Rome") and louvre.strip().startswith("Paris"), (rome, louvre)
+    # the saved directory is an ordinary checkpoint: plain transformers says the same
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = editor.save(tmp_path / "edited")
+    plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    for prompt, expected in zip(prompts, ("Rome", "Paris")):
+        ids = tok(prompt, return_tensors="pt")
+        said = tok.decode(plain.generate(**ids, max_new_tokens=4, do_sample=False)[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert said.strip().startswith(expected), (prompt, said)
