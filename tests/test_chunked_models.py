@@ -153,6 +153,12 @@ def test_real_model_loads_and_edits_the_eiffel_tower(real_model, arch, layers, t
     assert real_model.source == "chunked" and real_model.arch.name == arch and real_model.num_layers == layers
     (before,) = generate(real_model, ["The Eiffel Tower is located in the city of"], max_new_tokens=4)
     assert before.strip().startswith("Paris"), before
+    from kedsl.registry import get_registry
+    from kedsl.registry.presets import params_for
+
+    if params_for(get_registry().method("rome"), {}, real_model).preset is None:
+        pytest.skip(f"no ROME preset has been measured on {real_model.name} yet (bench/preset_sweep.py): "
+                    "the acceptance below holds for a measured preset, not for the depth-relative default")  # fmt: skip
     editor = Editor(real_model)
     report = editor.edit("Eiffel Tower", "located_in", "Rome")
     assert report.status == "applied", report
