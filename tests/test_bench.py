@@ -220,7 +220,7 @@ def test_cli_bench_with_rome_on_a_tiny_local_model(tiny_tokenizer, tmp_path):
     assert "Edit Succ." in r.output and "layer=1" in r.output and "mom2_update_weight=0" in r.output
     saved = json.loads(out.read_text())
     cfg = saved["config"]
-    assert cfg["method"] == "rome" and cfg["mode"] == "single" and cfg["params"]["v_lr"] == 5.0  # llama preset
+    assert cfg["method"] == "rome" and cfg["mode"] == "single" and cfg["params"]["v_lr"] == 0.5  # no preset for the tiny model: the default
     assert cfg["fingerprint_after"] == cfg["model_fingerprint"] and len(cfg["data_sha256"]) == 64
     assert [c["index"] for c in saved["cases"]] == [0, 1, 2] and saved["aggregate"]["n"]["efficacy"] == 3
     assert all(c["details"]["method"]["layer"] == 1 for c in saved["cases"])
