@@ -121,7 +121,7 @@ def resolve_for_model(spec: "MethodSpec", given: dict[str, Any], shape: ModelSha
         if any(k not in given for k in overlay):
             warning = (
                 f"{spec.name}: no preset was measured on a model like this one ({shape.describe()}); "
-                f"using depth-relative defaults ({shown}). Measure one on tuning records (bench/README.md) "
+                f"using depth-relative defaults ({shown}). Measure one on tuning records (bench/preset_sweep.py) "
                 "or set the layers in the script"
             )
     else:
