@@ -29,26 +29,33 @@ def make_script(n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def time_check(script: str, cwd: str, runs: int) -> tuple[list[float], subprocess.CompletedProcess]:
+    """Run `kedsl check SCRIPT` once to warm up, then ``runs`` times; print each wall time.
+    Returns the times and the last run's process."""
+    kedsl = shutil.which("kedsl", path=os.path.dirname(sys.executable)) or "kedsl"
+    times = []
+    for i in range(runs + 1):  # the first run warms the OS file cache and Lark's grammar cache
+        t = time.perf_counter()
+        out = subprocess.run([kedsl, "check", script], capture_output=True, text=True, cwd=cwd)
+        dt = time.perf_counter() - t
+        if i == 0:
+            print(f"warm-up: {dt:.3f} s  ({out.stdout.strip() or out.stderr.strip().splitlines()[-1]})")
+            continue
+        times.append(dt)
+        print(f"run {i}: {dt:.3f} s")
+    return times, out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--edits", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    kedsl = shutil.which("kedsl", path=os.path.dirname(sys.executable)) or "kedsl"
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "big.ke")
         with open(path, "w") as f:
             f.write(make_script(args.edits))
-        times = []
-        for i in range(args.runs + 1):  # the first run warms the OS file cache and Lark's grammar cache
-            t = time.perf_counter()
-            out = subprocess.run([kedsl, "check", path], capture_output=True, text=True, cwd=d)
-            dt = time.perf_counter() - t
-            if i == 0:
-                print(f"warm-up: {dt:.3f} s  ({out.stdout.strip() or out.stderr.strip().splitlines()[-1]})")
-                continue
-            times.append(dt)
-            print(f"run {i}: {dt:.3f} s")
+        times, out = time_check(path, d, args.runs)
         print(f"median of {args.runs}: {statistics.median(times):.3f} s for {args.edits} edits (exit {out.returncode})")
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -146,36 +147,141 @@ def relations(as_json: bool) -> None:
 
 
 class _PrintReporter:
-    """Prints one line per edit as the run goes."""
+    """Prints one line per written edit as the run goes; the rows of a data file as one
+    progress line (rows measured, elapsed, ETA), redrawn in place on a terminal."""
+
+    # Without a terminal, a progress line at most this often (seconds), and the last one.
+    LINE_EVERY_S = 10.0
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.progress: dict[tuple[int, str], dict[str, Any]] = {}  # per `edits from` statement
 
     def edit_started(self, index: int, total: int, edit: Any) -> None:
-        click.echo(
-            f"[{index + 1}/{total}] editing {edit.request.subject!r}: -> {edit.request.target!r} using {edit.method} ...",
-            err=True,
-        )
+        if edit.row is None:
+            click.echo(
+                f"[{index + 1}/{total}] editing {edit.request.subject!r}: -> {edit.request.target!r} using {edit.method} ...",
+                err=True,
+            )
+            return
+        key = (edit.source_line, edit.source.path)
+        if key not in self.progress:
+            self.progress[key] = {"done": 0, "rows": edit.source.rows, "started": time.monotonic(), "first": None, "shown": 0.0}
+            how = "in one batch" if edit.batch is not None else "one by one"
+            click.echo(f"[{index + 1}/{total}] {edit.source.rows} row(s) of {edit.source.display} (line {edit.source_line}), "
+                       f"{how}, using {edit.method} ...", err=True)  # fmt: skip
+
+    def edit_measured(self, index: int, total: int, edit: Any) -> None:
+        if edit.row is None:
+            return
+        p = self.progress[(edit.source_line, edit.source.path)]
+        now = time.monotonic()
+        p["done"] += 1
+        p["first"] = p["first"] or now
+        last = p["done"] == p["rows"]
+        if not (last or self.tty or now - p["shown"] >= self.LINE_EVERY_S):
+            return
+        p["shown"] = now
+        # The rate of the rows measured after the first: a batch's update comes before its first.
+        eta = (now - p["first"]) / (p["done"] - 1) * (p["rows"] - p["done"]) if p["done"] > 1 else None
+        line = (f"  rows {p['done']}/{p['rows']} ({100 * p['done'] / p['rows']:.0f}%)  elapsed {_clock(now - p['started'])}"
+                + ("" if last else f"  ETA {_clock(eta) if eta is not None else '?'}"))  # fmt: skip
+        if self.tty:
+            click.echo("\r" + line + "\x1b[K", err=True, nl=last)
+        else:
+            click.echo(line, err=True)
 
     def edit_finished(self, report: Any, total: int) -> None:
+        if report.row is not None:
+            return  # rows are summarised in the table at the end
         mark = {"applied": "applied", "rolled_back": "ROLLED BACK", "failed": "FAILED", "skipped": "skipped"}[report.status]
         says = f" | now: {report.request.prompt!r} -> {report.says_now!r}" if report.says_now is not None else ""
         click.echo(f"[{report.index + 1}/{total}] {report.request.subject}  {report.method}  {report.seconds:.1f}s  {mark}{says}")
 
 
-def print_expectation_table(reports: list[Any]) -> None:
-    rows = []
-    for r in reports:
-        for x in r.expectations:
-            value = "n/a" if x.value is None else f"{x.value:.3f}"
-            thr = "reported" if x.op is None else f"{x.op} {x.threshold:.3f}"
-            rows.append((str(r.index + 1), r.request.subject, x.metric, value, thr, "pass" if x.passed else "FAIL"))
-    if not rows:
-        return
-    header = ("#", "subject", "metric", "value", "threshold", "result")
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _echo_table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> None:
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    click.echo("\n" + line)
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    click.echo(line(header))
     click.echo("  ".join("-" * w for w in widths))
     for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        click.echo(line(row))
+
+
+def _threshold(x: Any) -> str:
+    return "reported" if x.op is None else f"{x.op} {x.threshold:.3f}"
+
+
+def print_expectation_table(reports: list[Any]) -> None:
+    """Each written edit's expectations, one line each; the rows of each data file
+    summarised per metric (rows, passed, failed, mean, min, the failing rows)."""
+    rows = []
+    for r in reports:
+        if r.row is None:
+            for x in r.expectations:
+                value = "n/a" if x.value is None else f"{x.value:.3f}"
+                rows.append((str(r.index + 1), r.request.subject, x.metric, value, _threshold(x), "pass" if x.passed else "FAIL"))
+    if rows:
+        click.echo("")
+        _echo_table(("#", "subject", "metric", "value", "threshold", "result"), rows)
+    groups: dict[tuple[int, str], list[Any]] = {}
+    for r in reports:
+        if r.row is not None:
+            groups.setdefault((r.source_line, r.source.display), []).append(r)
+    for (line, display), members in groups.items():
+        statuses: dict[str, int] = {}
+        for r in members:
+            statuses[r.status] = statuses.get(r.status, 0) + 1
+        click.echo(f"\n{display} (line {line}): {len(members)} rows, "
+                   + ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in statuses.items()))  # fmt: skip
+        metrics: dict[str, list[tuple[int, Any]]] = {}
+        for r in members:
+            for x in r.expectations:
+                metrics.setdefault(x.metric, []).append((r.row, x))
+        if not metrics:
+            continue
+        table = []
+        for metric, results in metrics.items():
+            values = [x.value for _, x in results if x.value is not None]
+            failing = [str(row) for row, x in results if not x.passed]
+            thresholds = {_threshold(x) for _, x in results}
+            table.append((
+                metric, str(len(results)), str(len(results) - len(failing)), str(len(failing)),
+                f"{sum(values) / len(values):.3f}" if values else "n/a", f"{min(values):.3f}" if values else "n/a",
+                thresholds.pop() if len(thresholds) == 1 else "varies",
+                ", ".join(failing[:10]) + (f", ... ({len(failing)} in all)" if len(failing) > 10 else ""),
+            ))  # fmt: skip
+        _echo_table(("metric", "rows", "pass", "FAIL", "mean", "min", "threshold", "failing rows"), table, right=(1, 2, 3, 4, 5))
+
+
+REPORT_COLUMNS = ("edit", "line", "data_file", "row", "subject", "prompt", "target", "method", "status", "metric", "value",
+                  "op", "threshold", "passed", "edit_id")  # fmt: skip
+
+
+def write_report(reports: list[Any], path: str) -> None:
+    """The full table of an apply run as CSV: one line per edit and expectation (an edit
+    without expectations gets one line), rows of data files with their row number."""
+    import csv
+
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(REPORT_COLUMNS)
+        for r in reports:
+            base = [r.index + 1, r.source_line, r.source.display if r.source is not None else "", r.row or "",
+                    r.request.subject, r.request.prompt, r.request.target, r.method, r.status]  # fmt: skip
+            for x in r.expectations or [None]:
+                measured = [x.metric, "" if x.value is None else x.value, x.op or "", "" if x.threshold is None else x.threshold,
+                            int(x.passed)] if x is not None else ["", "", "", "", ""]  # fmt: skip
+                w.writerow(base + measured + [r.edit_id or ""])
 
 
 @main.command()
@@ -184,8 +290,10 @@ def print_expectation_table(reports: list[Any]) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Save the edited model here (overrides `save to`).")
 @click.option("--on-fail", type=click.Choice(["rollback", "keep", "abort"]), default=None, help="What a failed expectation does (overrides the script's on_fail).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every method's randomness.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Write every edit's expectations (each row of a data file's too) to this CSV file.")
 @handle_errors
-def apply(script: str, db: str | None, out: str | None, on_fail: str | None, seed: int) -> None:
+def apply(script: str, db: str | None, out: str | None, on_fail: str | None, seed: int, report_path: str | None) -> None:
     """Apply a .ke script: edit the model, check every expectation, save, record.
 
     Exit codes: 0 all expectations held, 1 an expectation failed, 2 invalid script or
@@ -195,6 +303,9 @@ def apply(script: str, db: str | None, out: str | None, on_fail: str | None, see
 
     click.echo(f"checking {script} ...", err=True)
     report = api.apply(script, db=db, out=out, on_fail=on_fail, seed=seed, reporter=_PrintReporter(), argv=sys.argv)
+    if report_path:
+        write_report(report.edits, report_path)
+        click.echo(f"wrote {report_path}", err=True)
     print_expectation_table(report.edits)
     applied = sum(1 for r in report.edits if r.status == "applied")
     click.echo(
@@ -322,14 +433,21 @@ def check(files: tuple[str, ...], as_json: bool) -> None:
         for d in diags:
             click.echo(d.render(source), err=True)
         if script is not None and not errors:
-            n = len(script.edits())
-            click.echo(f"{path}: ok ({n} edit{'s' if n != 1 else ''})")
+            click.echo(f"{path}: ok ({_edit_count(script)})")
         else:
             click.echo(f"{path}: {len(errors)} error{'s' if len(errors) != 1 else ''}", err=True)
     if as_json:
         click.echo(json.dumps([d.to_dict() for d in all_diags], indent=2, ensure_ascii=False))
     if invalid:
         sys.exit(int(ExitCode.INVALID))
+
+
+def _edit_count(script: Any) -> str:
+    """``3 edits``, or ``1003 edits, 1000 of them rows of 1 data file``."""
+    rows = sum(script.data[(s.path, s.format)].source.rows for s in script.data_statements())
+    n = len(script.edits()) + rows
+    files = len({(s.path, s.format) for s in script.data_statements()})
+    return f"{n} edit{'s' if n != 1 else ''}" + (f", {rows} of them rows of {files} data file{'s' if files != 1 else ''}" if files else "")
 
 
 @main.command()
@@ -522,10 +640,20 @@ def plan(script: str, tokens: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return
-    click.echo(f"model {report['model']} (fingerprint {report['fingerprint'][:16]}): {len(report['edits'])} edit(s), nothing changed")
+    rows = sum(d["rows"] for d in report["data"])
+    click.echo(f"model {report['model']} (fingerprint {report['fingerprint'][:16]}): {report['total_edits']} edit(s)"
+               + (f" ({rows} of them rows of data files)" if report["data"] else "") + ", nothing changed")  # fmt: skip
+    for d in report["data"]:
+        click.echo(f"\ndata {d['display']} (line {d['line']}): {d['rows']} rows, {d['format']}"
+                   + (f" in the {d['layout']} layout" if d["layout"] else "") + f", sha256 {d['sha256'][:16]}, {d['size']} bytes")
+        click.echo(f"   using {d['method']}" + (f" in batch {d['batch']}" if d["batch"] is not None else ", one row at a time"))
+        click.echo("   preset  " + d["preset_reason"])
+        click.echo("   params  " + ", ".join(f"{k}={v!r}" for k, v in d["params"].items()))
+        click.echo(f"   the first {d['shown']} row(s) below")
     for i, e in enumerate(report["edits"], 1):
         mark = "  [already]" if e["already"] else ""
-        click.echo(f"\n{i}. line {e['line']}: {e['subject']!r} -> {e['target']!r} using {e['method']}{mark}")
+        where = f"line {e['line']}" if e["row"] is None else f"{e['data']} row {e['row']}"
+        click.echo(f"\n{i}. {where}: {e['subject']!r} -> {e['target']!r} using {e['method']}{mark}")
         if e["batch"] is not None:
             click.echo(f"   batch {e['batch']}")
         click.echo("   preset  " + e["preset_reason"])
@@ -585,7 +713,8 @@ def verify(db: str | None, model_dir: str | None, as_json: bool) -> None:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         for f in result.findings:
-            click.echo(f"{'FAIL' if f.level == 'error' else 'note'}: {f.message}")
+            label = "FAIL" if f.level == "error" else f.level  # warning, note
+            click.echo(f"{label}: {f.message}")
         if result.ok:
             head = result.head or {}
             click.echo(f"ok: {result.events} events, hash chain intact, tables match the log"
@@ -617,14 +746,19 @@ def _print_run(run: dict[str, Any], indent: str = "") -> None:
                f"{str(run.get('fingerprint_after'))[:16]}" + (f"  saved to {run['saved_to']}" if run.get("saved_to") else ""))
     if run.get("parent_run"):
         click.echo(f"{indent}  from    {run['parent_run']}")
+    files = {}
+    for d in run.get("data_files", []):
+        files[d["sha256"]] = d["path"]
+        click.echo(f"{indent}  data    {d['path']}  {d['rows']} rows, {d['size']} bytes, sha256 {d['sha256'][:16]}  ({d['file']})")
     for e in run.get("edits", []):
         req = e.get("request") or {}
         metrics = ", ".join(
             f"{m['metric']}={'n/a' if m['value'] is None else format(m['value'], '.3g')}{'' if m['passed'] else ' FAIL'}"
             for m in e.get("metrics", [])
         )
+        row = f"  ({files.get(e['data_sha256'], e['data_sha256'][:16])} row {e['data_row']})" if e.get("data_sha256") else ""
         click.echo(f"{indent}  {e['id']}  {e['status']:<11} {e['method']:<8} {e['subject']!r} -> {req.get('target', '')!r}"
-                   + (f"  [{metrics}]" if metrics else ""))
+                   + row + (f"  [{metrics}]" if metrics else ""))
 
 
 @main.command(name="log")
@@ -665,11 +799,17 @@ def show(ident: str, db: str | None, as_json: bool) -> None:
         click.echo(json.dumps(rec, indent=2, default=str))
         return
     for key, value in rec.items():
-        if key in ("edits", "events", "metrics", "script_text"):
+        if key in ("edits", "events", "metrics", "script_text", "data_files", "data_file", "data_sha256", "data_row"):
             continue
         if isinstance(value, (dict, list)):
             value = json.dumps(value, default=str)
         click.echo(f"{key:<20} {value}")
+    for d in rec.get("data_files", []):
+        click.echo(f"data file            {d['path']}: {d['rows']} rows, {d['format']}, {d['size']} bytes, sha256 {d['sha256']} "
+                   f"(read from {d['file']})")  # fmt: skip
+    if rec.get("data_file"):
+        d = rec["data_file"]
+        click.echo(f"data file            {d['path']} row {rec['data_row']} (sha256 {d['sha256']}, {d['size']} bytes)")
     for m in rec.get("metrics", []):
         thr = "reported" if m["op"] is None else f"{m['op']} {m['threshold']}"
         click.echo(f"metric               {m['metric']} = {m['value']} ({thr}) {'pass' if m['passed'] else 'FAIL'}")

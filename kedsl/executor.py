@@ -23,6 +23,7 @@ from .evaluation.cases import EvalCase
 from .evaluation.metric import MetricResult
 from .lang import ast
 from .lang.checker import ON_FAIL_POLICIES
+from .lang.data import DataSource
 from .model.handle import LoadedModel
 from .model.journal import WeightJournal
 from .records import jsonable
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PlannedEdit:
-    """One edit as the executor runs it: the request, its method and expectations."""
+    """One edit as the executor runs it: the request, its method and expectations; for a
+    row of a data file (``edits from``), the row (from 1), the file and its locality prompts."""
 
     request: EditRequest
     method: str
@@ -44,6 +46,9 @@ class PlannedEdit:
     expects: list[ast.Expect]
     batch: int | None = None
     source_line: int = 0
+    row: int | None = None
+    source: DataSource | None = None
+    locality: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +87,9 @@ class EditReport:
     outcome: EditOutcome | None = None
     edit_id: str | None = None
     error: str | None = None
+    row: int | None = None  # the row of a data file, for an edit of `edits from`
+    source: DataSource | None = None
+    source_line: int = 0  # the script line of the statement
 
     @property
     def passed(self) -> bool:
@@ -103,9 +111,12 @@ class RunReport:
 
 
 class Reporter(Protocol):
-    """Progress callbacks; the CLI prints, the library only logs."""
+    """Progress callbacks; the CLI prints, the library only logs. ``edit_measured`` comes
+    when an edit's expectations are measured (in a batch, one by one after the update)."""
 
     def edit_started(self, index: int, total: int, edit: PlannedEdit) -> None: ...
+
+    def edit_measured(self, index: int, total: int, edit: PlannedEdit) -> None: ...
 
     def edit_finished(self, report: EditReport, total: int) -> None: ...
 
@@ -113,6 +124,9 @@ class Reporter(Protocol):
 class _LogReporter:
     def edit_started(self, index: int, total: int, edit: PlannedEdit) -> None:
         log.info("edit %d/%d: %s -> %s using %s", index + 1, total, edit.request.subject, edit.request.target, edit.method)
+
+    def edit_measured(self, index: int, total: int, edit: PlannedEdit) -> None:
+        log.debug("edit %d/%d measured", index + 1, total)
 
     def edit_finished(self, report: EditReport, total: int) -> None:
         log.info("edit %d/%d %s in %.1fs", report.index + 1, total, report.status, report.seconds)
@@ -146,6 +160,8 @@ class Executor:
         self.store = store
         self.run_id = run_id
         self.reporter = reporter or _LogReporter()
+        # optional: a reporter written before `edit_measured` existed keeps working
+        self._edit_measured = getattr(self.reporter, "edit_measured", None)
         self.says_now_tokens = says_now_tokens
         self.method_state = model.method_state  # travels with the model (saved with it)
         self._metric_impls: dict[str, Any] = {}
@@ -161,7 +177,8 @@ class Executor:
         for unit in units:
             if aborted:
                 for e in unit:
-                    reports.append(EditReport(len(reports), e.request, e.method, {}, "skipped"))
+                    reports.append(EditReport(len(reports), e.request, e.method, {}, "skipped", row=e.row, source=e.source,
+                                              source_line=e.source_line))  # fmt: skip
                 continue
             unit_reports = self._run_unit(unit, start_index=len(reports), total=total)
             reports.extend(unit_reports)
@@ -219,6 +236,8 @@ class Executor:
             results = [
                 self._measure(exp, case, baselines[i].get(k)) for k, exp in enumerate(e.expects)
             ]
+            if self._edit_measured is not None:
+                self._edit_measured(start_index + i, total, e)
             reports.append(
                 EditReport(
                     index=start_index + i,
@@ -230,6 +249,9 @@ class Executor:
                     expectations=results,
                     info=jsonable(outcome.info),
                     outcome=outcome,
+                    row=e.row,
+                    source=e.source,
+                    source_line=e.source_line,
                 )
             )
         unit_passed = all(r.passed for r in reports)
@@ -239,14 +261,17 @@ class Executor:
             for r in reports:
                 r.status = "rolled_back"
         for r in reports:
-            r.says_now = self._says_now(r.request.prompt)
+            if r.row is None:  # rows of a data file are summarised, not shown one by one
+                r.says_now = self._says_now(r.request.prompt)
             self._record(r)
             self.reporter.edit_finished(r, total)
         return reports
 
     # -- expectations --------------------------------------------------------------
     def _eval_case(self, e: PlannedEdit) -> EvalCase:
-        return EvalCase.from_request(e.request, generation=[e.request.prompt], meta={"relation": e.request.relation})
+        # A row's locality prompts should keep the unedited model's answers (None: the baseline's).
+        return EvalCase.from_request(e.request, generation=[e.request.prompt], locality=[(p, None) for p in e.locality],
+                                     meta={"relation": e.request.relation})  # fmt: skip
 
     def _measure(self, exp: ast.Expect, case: EvalCase, baseline: Any) -> ExpectationResult:
         mspec = self.registry.metric(exp.metric)
@@ -297,6 +322,8 @@ class Executor:
             attachments=[{**a.describe(), "blob": self.store.save_attachment(a)} for a in r.outcome.attachments]
             if (r.outcome and r.status == "applied")
             else None,
+            data_sha256=r.source.sha256 if r.source is not None else None,
+            data_row=r.row,
         )
 
 

@@ -312,10 +312,16 @@ def test_audit_commands_do_not_import_torch(command, tmp_path):
     from kedsl.provenance.store import Store
 
     db = tmp_path / "k.db"
+    facts = tmp_path / "facts.csv"
+    facts.write_text("subject,prompt,target\nS,p S,T\n")
     with Store.open(db) as store:
         r = store.begin_run(script_text="x", fingerprint_before="f0")
-        store.record_edit(r, 0, "S", {"prompt": "p"}, "m", {}, "applied", 0.1, {}, None, [{"metric": "e", "value": 1.0, "op": ">=", "threshold": 1.0, "passed": 1, "n": 1}])
+        sha = store.record_data_file(r, facts.read_bytes(), path="facts.csv", file=str(facts), display="facts.csv",
+                                     format="csv", layout=None, rows=1)  # fmt: skip
+        store.record_edit(r, 0, "S", {"prompt": "p"}, "m", {}, "applied", 0.1, {}, None, [{"metric": "e", "value": 1.0, "op": ">=", "threshold": 1.0, "passed": 1, "n": 1}],
+                          data_sha256=sha, data_row=1)  # fmt: skip
         store.end_run(r, "ok", fingerprint_after="f1")
+    facts.write_text("changed")  # verify warns about it, without torch
     code = (
         "import sys, runpy\n"
         f"sys.argv = ['kedsl'] + {command!r} + ['--db', {str(db)!r}]\n"

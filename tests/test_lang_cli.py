@@ -62,7 +62,10 @@ def test_fmt_print_check_write(tmp_path):
 
 
 def test_check_and_fmt_do_not_import_torch(tmp_path):
-    script = _write(tmp_path, "s.ke", GOOD)
+    # with data files: CSV and JSON Lines are read without torch, transformers or datasets
+    _write(tmp_path, "facts.csv", "subject,relation,target\nEiffel Tower,r,Rome\n")
+    _write(tmp_path, "facts.jsonl", '{"subject": "Louvre", "prompt": "Where is the Louvre?", "target": "Lyon"}\n')
+    script = _write(tmp_path, "s.ke", GOOD + 'edits from "facts.csv" using rome;\nbatch using memit { edits from "facts.jsonl"; }\n')
     code = (
         "import sys\n"
         "from kedsl.cli import main\n"
@@ -71,7 +74,7 @@ def test_check_and_fmt_do_not_import_torch(tmp_path):
         "        main(args)\n"
         "    except SystemExit as e:\n"
         "        assert e.code in (0, None), e.code\n"
-        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "bad = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
         "assert not bad, bad\n"
         "print('clean')\n"
     )

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from kedsl.lang import format_script, parse
 from kedsl.lang.ast import (
-    Arg, Batch, Edit, Expect, ExpectPrompt, Ident, MethodCall, ModelStmt, OnFailStmt, RelationStmt,
+    Arg, Batch, Edit, EditsFrom, Expect, ExpectPrompt, Ident, MethodCall, ModelStmt, OnFailStmt, RelationStmt,
     SaveStmt, Script, UseStmt,
 )
 from kedsl.lang.syntax_errors import STATEMENT_KEYWORDS
@@ -16,7 +16,7 @@ from kedsl.registry.params import Range
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RESERVED = set(STATEMENT_KEYWORDS) | {"true", "false", "with", "paraphrase", "from", "prompt", "subject",
-                                      "using", "unchanged", "to"}
+                                      "using", "unchanged", "to", "as"}
 
 
 def test_examples_format_idempotently():
@@ -96,13 +96,18 @@ def edits(draw):
     return e
 
 
+edits_from = st.builds(
+    EditsFrom, texts, st.one_of(st.none(), names), st.lists(st.builds(Arg, names, texts), max_size=3),
+    st.one_of(st.none(), calls), st.lists(expects, max_size=2),
+)
 statements = st.one_of(
     st.builds(ModelStmt, texts, args),
     st.builds(RelationStmt, names, texts, st.lists(texts, max_size=2)),
     st.builds(UseStmt, calls),
     st.builds(OnFailStmt, names),
     edits(),
-    st.builds(Batch, st.one_of(st.none(), calls), st.lists(edits(), max_size=3)),
+    edits_from,
+    st.builds(Batch, st.one_of(st.none(), calls), st.lists(st.one_of(edits(), edits_from), max_size=3)),
     st.builds(SaveStmt, texts, st.one_of(st.none(), names)),
 )
 scripts = st.builds(Script, st.lists(statements, max_size=6))

@@ -182,7 +182,8 @@ def replay(
     store: Store, run_id: str, out_dir: str | Path, *, argv: list[str] | None = None, registry: Registry | None = None
 ) -> dict[str, Any]:
     """Rerun a recorded ``apply`` run's script, with its seed and policy, on its recorded
-    base model (checked by fingerprint first); report whether the result matches."""
+    base model (checked by fingerprint first); report whether the result matches. The data
+    files the run read are read from the content the store kept, whatever the files hold now."""
     from ..model.loading import load_model
 
     run = store.run(run_id)
@@ -191,10 +192,11 @@ def replay(
     if (run.get("kind") or "apply") not in ("apply", "replay") or not run.get("script_text"):
         raise UsageError(f"run {run_id} is a {run.get('kind')} run: only script runs (apply) can be replayed")
     registry = registry or get_registry()
+    data_files = {d["path"]: store.data_blob(d["sha256"]) for d in store.data_files(run_id)}
     with tempfile.TemporaryDirectory(prefix="kedsl-replay-") as tmp:
         script = Path(tmp) / "replayed.ke"
         script.write_text(run["script_text"], encoding="utf-8")
-        checked = load_checked(script, registry)
+        checked = load_checked(script, registry, data_files)
         # A local directory by its resolved path (the script's may be relative to another
         # working directory); anything else (embedded alias, GGUF, hub id) by its name.
         local = run.get("model_source") == "local" and run.get("model_path")
@@ -210,7 +212,7 @@ def replay(
         report = apply(
             script, db=store.path, out=out_dir, on_fail=run.get("on_fail") or None, seed=run.get("seed") or 0,
             model=model, registry=registry, argv=argv if argv is not None else sys.argv,
-            record={"kind": "replay", "replay_of": run_id},
+            record={"kind": "replay", "replay_of": run_id}, data_files=data_files,
         )  # fmt: skip
     now = software_versions(registry)
     return {

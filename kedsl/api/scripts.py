@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..editing.request import DEFAULT_REFUSAL, EditRequest
-from ..lang import ScriptError, ast, check_source, read_script, resolve_edits
+from ..lang import DataFiles, DataTable, ScriptError, ast, check_source, read_script, resolve_edits
 from ..registry import Registry, get_registry
 from ..registry.loader import software_versions
 from ..registry.presets import params_for
@@ -18,6 +18,8 @@ from ..registry.presets import params_for
 log = logging.getLogger(__name__)
 
 DEFAULT_DB = "kedsl.db"
+#: How many rows of each data file `kedsl plan` shows (it counts them all).
+PLAN_ROWS_SHOWN = 5
 
 
 def default_db_path() -> Path:
@@ -25,18 +27,26 @@ def default_db_path() -> Path:
     return Path(os.environ.get("KEDSL_DB", DEFAULT_DB))
 
 
-def load_checked(path: str | Path, registry: Registry | None = None) -> ast.Script:
-    """Parse and check a script; raise :class:`kedsl.lang.ScriptError` if it is invalid."""
+def load_checked(path: str | Path, registry: Registry | None = None, data_files: DataFiles = None) -> ast.Script:
+    """Parse and check a script, every row of its data files included; raise
+    :class:`kedsl.lang.ScriptError` if it is invalid. ``data_files`` maps a data path as
+    the script writes it to the file to read instead (see :func:`kedsl.lang.check`)."""
     registry = registry or get_registry()
     source = read_script(path)
-    script, diagnostics = check_source(source, str(path), registry)
+    script, diagnostics = check_source(source, str(path), registry, data_files=data_files)
     if script is None or any(d.is_error for d in diagnostics):
         raise ScriptError(diagnostics, source=source)
     return script
 
 
+def data_tables(script: ast.Script) -> list[DataTable]:
+    """The data files a checked script's ``edits from`` statements read, as read."""
+    return [t for t in script.data.values() if isinstance(t, DataTable)]
+
+
 def plan(script: ast.Script, registry: Registry | None = None) -> list[Any]:
-    """The executor's view of a checked script: one PlannedEdit per edit, in order."""
+    """The executor's view of a checked script: one PlannedEdit per edit (each row of a
+    data file one), in order."""
     from ..executor import PlannedEdit
 
     registry = registry or get_registry()
@@ -59,6 +69,9 @@ def plan(script: ast.Script, registry: Registry | None = None) -> list[Any]:
                 expects=list(e.expects),
                 batch=r.batch,
                 source_line=e.pos.line,
+                row=r.row,
+                source=r.source,
+                locality=list(r.locality),
             )
         )
     return planned
@@ -87,12 +100,15 @@ def apply(
     reporter: Any = None,
     argv: list[str] | None = None,
     record: dict[str, Any] | None = None,
+    data_files: DataFiles = None,
 ) -> Any:
     """Run a script end to end (check, load, edit, expect, save, record); return a RunReport.
 
     ``model`` may be an already loaded :class:`kedsl.model.LoadedModel` (skips loading).
     Relative ``save to`` paths are resolved against the current directory. ``record``
     adds fields to the run's record (``kind``, ``replay_of``: see :mod:`kedsl.api.history`).
+    ``data_files`` replaces data files the script names (see :func:`load_checked`); the
+    content of every data file read is recorded with the run.
     """
     from ..executor import Executor, RunReport
     from ..model.loading import load_model
@@ -100,7 +116,7 @@ def apply(
     from ..provenance.store import Store
 
     registry = registry or get_registry()
-    script = load_checked(script_path, registry)
+    script = load_checked(script_path, registry, data_files)
     planned = plan(script, registry)
     policy = on_fail or script_on_fail(script) or "rollback"
     # The database first: a locked, corrupt or foreign one fails before the model loads.
@@ -139,6 +155,10 @@ def apply(
     status = "failed"
     error: str | None = None
     try:
+        for t in data_tables(script):  # what the checker read, kept before any edit
+            src = t.source
+            store.record_data_file(run_id, t.content, path=src.path, file=src.file, display=src.display, format=src.format,
+                                   layout=src.layout, rows=src.rows)  # fmt: skip
         executor = Executor(model, registry, on_fail=policy, seed=seed, store=store, run_id=run_id, reporter=reporter)
         reports = executor.run(planned)
         report = RunReport(run_id=run_id, edits=reports, fingerprint_before=fp_before)
@@ -174,10 +194,18 @@ def apply(
                         "status": r.status,
                         "params": r.params,
                         "expectations": [x.as_record() for x in r.expectations],
+                        **({"data_sha256": r.source.sha256, "data_row": r.row} if r.source is not None else {}),
                     }
                     for r in reports
                 ],
             }
+            tables = data_tables(script)
+            if tables:
+                provenance["data_files"] = [
+                    {"path": t.source.path, "sha256": t.source.sha256, "size": t.source.size, "rows": t.source.rows,
+                     "format": t.source.format}
+                    for t in tables
+                ]  # fmt: skip
             report.saved_to = save_model(model, save_to, provenance, fingerprint=fp_after, mode=save_mode)
         status = report.status
         return report
@@ -212,8 +240,11 @@ def plan_report(
     ``touches(model, params) -> list[str]``), what the model says now (greedy) on the
     edit prompt and on each expectation prompt, and ``already``: the model already gives
     the target (teacher-forced efficacy 1.0 on the edit prompt, or its greedy text starts
-    with the target). ``model`` may be an already loaded model (else the script's is
-    loaded). The model's fingerprint is checked to be unchanged at the end."""
+    with the target). Of the rows of a data file only the first :data:`PLAN_ROWS_SHOWN`
+    are among ``edits``; ``data`` gives, per ``edits from`` statement, the file, its
+    SHA-256, its row count and the resolved parameters. ``model`` may be an already loaded
+    model (else the script's is loaded). The model's fingerprint is checked to be
+    unchanged at the end."""
     from ..model.loading import load_model
     from ..toolkit.generation import generate
     from ..toolkit.scoring import teacher_forced
@@ -229,8 +260,12 @@ def plan_report(
 
     impls: dict[str, Any] = {}
     edits: list[dict[str, Any]] = []
+    data: dict[tuple[int, str], dict[str, Any]] = {}  # per `edits from` statement: (line, path)
     prompts: list[str] = []
     for e in planned:
+        statement = data.get((e.source_line, e.source.path)) if e.source is not None else None
+        if statement is not None and statement["shown"] >= PLAN_ROWS_SHOWN:
+            continue  # the rest of the file: counted (its row count), not shown
         spec = registry.method(e.method)
         resolved = params_for(spec, e.given_params, model)
         params = resolved.params
@@ -249,9 +284,20 @@ def plan_report(
                 }
             )
             prompts.extend(p.prompt for p in x.prompts)
+        if e.source is not None:
+            if statement is None:
+                src = e.source
+                statement = data[(e.source_line, src.path)] = {
+                    "line": e.source_line, "path": src.path, "file": src.file, "display": src.display, "format": src.format,
+                    "layout": src.layout, "sha256": src.sha256, "size": src.size, "rows": src.rows, "method": spec.name,
+                    "params": params, "preset_reason": resolved.reason, "batch": e.batch, "shown": 0,
+                }  # fmt: skip
+            statement["shown"] += 1
         edits.append(
             {
                 "line": e.source_line,
+                "row": e.row,
+                "data": e.source.display if e.source is not None else None,
                 "subject": e.request.subject,
                 "prompt": e.request.prompt,
                 "target": e.request.target,
@@ -282,4 +328,5 @@ def plan_report(
                 p["says"] = says[p["prompt"]]
     if model.fingerprint() != fp:
         raise RuntimeError("plan changed the model's weights")  # an invariant: plan only reads
-    return {"script": str(script_path), "model": model.ref, "fingerprint": fp, "edits": edits}
+    return {"script": str(script_path), "model": model.ref, "fingerprint": fp, "edits": edits, "data": list(data.values()),
+            "total_edits": len(planned)}  # fmt: skip

@@ -64,6 +64,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..datafiles import detect_layout, read_records
+from ..datafiles import first_text as _text
+from ..datafiles import text_list as _strings
 from ..editing.request import DEFAULT_REFUSAL, EditRequest
 from ..errors import DataError
 from .cases import EvalCase, Pair
@@ -107,107 +110,12 @@ class CaseFile:
 
 
 # -- reading records -----------------------------------------------------------------------
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a JSON array, JSON Lines file, Parquet/Arrow file or a
-    ``datasets`` ``save_to_disk`` directory, as plain dicts."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"benchmark file {str(p)!r} does not exist", "check the path")
-    if p.is_dir() or p.suffix in (".parquet", ".arrow"):
-        return _read_with_datasets(p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{p} is not UTF-8 text: {exc}", "benchmark files are JSON, JSON Lines or Parquet") from None
-    if p.suffix == ".jsonl":
-        recs = _json_lines(p, text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if text.lstrip().startswith("{"):
-                return _check_objects(p, _json_lines(p, text))  # JSON Lines under another suffix
-            raise DataError(
-                f"{p} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
-                "benchmark files are a JSON array of records, or JSON Lines",
-            ) from None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if isinstance(data, dict) and _sanitation_parts(data) is not None:
-            return _sanitation_records(p, data)
-        if not isinstance(data, list):
-            raise DataError(f"{p} holds a JSON {type(data).__name__}, not a list of records", "benchmark files are a JSON array of records")
-        recs = data
-    return _check_objects(p, recs)
-
-
-def _sanitation_parts(data: dict[str, Any]) -> tuple[list[Any], list[Any]] | None:
-    """Sanitation's two lists: the questions to erase and the locality questions."""
-    for erase, keep in (("success", "locality"), ("K_F", "K_R")):
-        if isinstance(data.get(erase), list) and isinstance(data.get(keep), list):
-            return data[erase], data[keep]
-    return None
-
-
-def _sanitation_records(p: Path, data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Sanitation's dict as one record per question to erase, each carrying the locality
-    questions dealt to it in turn (question i gets locality questions i, i + n, i + 2n, ...)."""
-    erase, keep = _sanitation_parts(data) or ([], [])
-    for what, items in (("question to erase", erase), ("locality question", keep)):
-        for i, r in enumerate(items):
-            if not isinstance(r, dict):
-                raise DataError(f"{p}: {what} {i} is a {type(r).__name__}, not an object", "every record must be a JSON object")
-    n = len(erase)
-    return [{**r, "_sanitation_locality": [keep[j] for j in range(i, len(keep), n)]} for i, r in enumerate(erase)]
-
-
-def _json_lines(p: Path, text: str) -> list[Any]:
-    recs = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                recs.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{p}:{n} is not valid JSON: {exc.msg}", "a JSON Lines file holds one JSON object per line") from None
-    return recs
-
-
-def _check_objects(p: Path, recs: list[Any]) -> list[dict[str, Any]]:
-    for i, r in enumerate(recs):
-        if not isinstance(r, dict):
-            raise DataError(f"{p}: record {i} is a {type(r).__name__}, not an object", "every record must be a JSON object")
-    return recs
-
-
-def _read_with_datasets(p: Path) -> list[dict[str, Any]]:
-    import datasets
-
-    try:
-        if p.is_dir():
-            ds = datasets.load_from_disk(str(p))
-        else:
-            kind = "parquet" if p.suffix == ".parquet" else "arrow"
-            ds = datasets.load_dataset(kind, data_files=str(p), split="train")
-    except Exception as exc:  # datasets raises many types; all mean "cannot read this"
-        raise DataError(f"cannot read {p} with the datasets library: {exc}", "pass a JSON/JSONL file or a save_to_disk directory") from None
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds[next(iter(ds))]
-    return [dict(r) for r in ds]
-
-
 def detect_format(record: dict[str, Any]) -> str:
-    if "_sanitation_locality" in record:
-        return "sanitation"
-    if "requested_rewrite" in record:
-        return "counterfact"
-    if "src" in record and "alt" in record:
-        return "zsre"
-    if {"text", "labels", "concept"} <= record.keys():
-        return "wikibio"
-    if {"ent", "pos", "neg"} <= record.keys():
-        return "convsent"
-    if "prompt" in record and "target_new" in record:
-        return "counterfact_easyedit" if "locality_prompt" in record else "knowedit"
+    """The benchmark layout of a record (:func:`kedsl.datafiles.detect_layout`); a record
+    in none of them is a :class:`~kedsl.errors.DataError`."""
+    fmt = detect_layout(record)
+    if fmt is not None:
+        return fmt
     raise DataError(
         f"cannot tell the benchmark format from the record fields {sorted(record)}",
         "expected ZsRE (src, alt, ...), KnowEdit (prompt, target_new, ...), WikiBio (text, labels, concept), "
@@ -321,34 +229,6 @@ def _short(xs: list[int], n: int = 10) -> str:
 
 
 # -- field helpers -------------------------------------------------------------------------
-def _text(x: Any) -> str | None:
-    """A string, or the first alias of a (nested) list of strings; None if empty."""
-    if x is None:
-        return None
-    if isinstance(x, str):
-        return x.strip() or None
-    if isinstance(x, dict) and "str" in x:
-        return _text(x["str"])
-    if isinstance(x, (list, tuple)):
-        for y in x:
-            t = _text(y)
-            if t is not None:
-                return t
-        return None
-    raise TypeError(f"expected a string or a list of strings, got {type(x).__name__}")
-
-
-def _strings(x: Any) -> list[str]:
-    """A string or a list of strings, as a list without empties."""
-    if x is None:
-        return []
-    if isinstance(x, str):
-        return [x] if x.strip() else []
-    if isinstance(x, (list, tuple)):
-        return [s for s in x if isinstance(s, str) and s.strip()]
-    raise TypeError(f"expected a string or a list of strings, got {type(x).__name__}")
-
-
 def _keyed_pairs(block: Any) -> dict[str, list[Pair]]:
     """KnowEdit ``{key: [{prompt, ground_truth}]}`` (a single dict per key is accepted)."""
     if not block:

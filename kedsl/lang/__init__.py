@@ -4,7 +4,7 @@ Public API::
 
     read_script(path) -> str                               # a .ke file's text (UsageError if unreadable)
     parse(source, filename) -> Script                      # raises ScriptError
-    check_source(source, filename, registry) -> (Script | None, [Diagnostic])
+    check_source(source, filename, registry) -> (Script | None, [Diagnostic])   # data files included
     check(script, registry) -> [Diagnostic]
     format_script(script) -> str
     resolve_edits(script, registry) -> [ResolvedEdit]      # raises ScriptError
@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..datafiles import DataFileError
 from ..errors import UsageError
 from ..registry import get_registry
 from .ast import Script
@@ -22,19 +23,28 @@ from .checker import (
     DEFAULT_ON_FAIL,
     KEDSL_OUTPUT_MARKER,
     ON_FAIL_POLICIES,
+    DataFiles,
     ResolvedEdit,
     call_params,
     check,
     on_fail_policy,
     resolve_edits,
 )
+from .data import DATA_FORMATS, FIELDS, DataRow, DataSource, DataTable
 from .diagnostics import ERROR, WARNING, Diagnostic, ScriptError, render_all
 from .fmt import format_script
 from .parser import parse, parse_with_diagnostics
 
 __all__ = [
+    "DATA_FORMATS",
     "DEFAULT_ON_FAIL",
+    "DataFileError",
+    "DataFiles",
+    "DataRow",
+    "DataSource",
+    "DataTable",
     "Diagnostic",
+    "FIELDS",
     "ERROR",
     "KEDSL_OUTPUT_MARKER",
     "ON_FAIL_POLICIES",
@@ -60,16 +70,18 @@ def check_source(
     filename: str = "<script>",
     registry: Any = None,
     base_dir: "str | os.PathLike[str] | None" = None,
+    data_files: DataFiles = None,
 ) -> tuple[Script | None, list[Diagnostic]]:
     """Parse and check ``source``. The script is None if it does not parse; the
-    diagnostics are every syntax error, or else every check error and warning.
-    ``registry`` defaults to the installed plugins."""
+    diagnostics are every syntax error, or else every check error and warning (every
+    bad row of the data files it names included). ``registry`` defaults to the installed
+    plugins; ``data_files`` is as for :func:`check`."""
     script, diags = parse_with_diagnostics(source, filename)
     if script is None:
         return None, diags
     if registry is None:
         registry = get_registry()
-    return script, check(script, registry, base_dir)
+    return script, check(script, registry, base_dir, data_files)
 
 
 def read_script(path: str | os.PathLike[str]) -> str:

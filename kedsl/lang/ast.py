@@ -7,7 +7,7 @@ attached to that edit by the parser, so the tree has one shape for both spelling
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 from ..registry.params import Range
 
@@ -106,6 +106,25 @@ class Edit:
 
 
 @dataclass
+class EditsFrom:
+    """``edits from "PATH" [as FORMAT] [with FIELD="COLUMN", ...] CLAUSES;``: every row of
+    a data file as an edit. ``path`` is as written (relative to the script); ``columns``
+    map edit fields (``subject``, ``target``, ...) to the file's column names; ``using``
+    and ``expects`` apply to every row. The rows are read by the checker, not the parser."""
+
+    path: str
+    format: str | None = None
+    columns: list[Arg] = field(default_factory=list)
+    using: MethodCall | None = None
+    expects: list[Expect] = field(default_factory=list)
+    pos: Pos = field(default=NOPOS, compare=False)
+    path_pos: Pos = field(default=NOPOS, compare=False)
+    format_pos: Pos = field(default=NOPOS, compare=False)
+
+    kind = "edit"  # every row changes a fact, as an `edit` statement does
+
+
+@dataclass
 class ModelStmt:
     """``model "ref" with dtype="float32", device="cpu";``"""
 
@@ -149,7 +168,7 @@ class Batch:
     """``batch using METHOD { edit ...; edit ...; }``: one update for all its edits."""
 
     using: MethodCall | None
-    edits: list[Edit] = field(default_factory=list)
+    edits: list[Edit | EditsFrom] = field(default_factory=list)
     pos: Pos = field(default=NOPOS, compare=False)
     lbrace_pos: Pos = field(default=NOPOS, compare=False)
 
@@ -174,7 +193,7 @@ class Comment:
     col: int
 
 
-Statement = Union[ModelStmt, RelationStmt, UseStmt, OnFailStmt, Edit, Batch, SaveStmt]
+Statement = Union[ModelStmt, RelationStmt, UseStmt, OnFailStmt, Edit, EditsFrom, Batch, SaveStmt]
 
 
 @dataclass
@@ -183,6 +202,10 @@ class Script:
     filename: str = field(default="<script>", compare=False)
     source: str = field(default="", compare=False, repr=False)
     comments: list[Comment] = field(default_factory=list, compare=False, repr=False)
+    # The data files `edits from` statements name, as the checker read them (keyed by the
+    # path as written and the format): read once, so what is checked, applied and hashed
+    # is the same.
+    data: dict[tuple[str, str | None], Any] = field(default_factory=dict, compare=False, repr=False)
 
     # Convenience views used by the checker and the executor.
     @property
@@ -194,11 +217,18 @@ class Script:
         return next((s for s in self.statements if isinstance(s, SaveStmt)), None)
 
     def edits(self) -> list[Edit]:
-        """Every edit in order, batch members included."""
-        out: list[Edit] = []
+        """Every written edit in order, batch members included (not the rows of data files)."""
+        return self._members(Edit)
+
+    def data_statements(self) -> list[EditsFrom]:
+        """Every ``edits from`` statement in order, batch members included."""
+        return self._members(EditsFrom)
+
+    def _members(self, kind: type) -> list[Any]:
+        out: list[Any] = []
         for s in self.statements:
-            if isinstance(s, Edit):
+            if isinstance(s, kind):
                 out.append(s)
             elif isinstance(s, Batch):
-                out.extend(s.edits)
+                out.extend(e for e in s.edits if isinstance(e, kind))
         return out

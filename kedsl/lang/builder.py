@@ -14,6 +14,7 @@ from .ast import (
     Batch,
     Comment,
     Edit,
+    EditsFrom,
     Expect,
     ExpectPrompt,
     Ident,
@@ -296,16 +297,30 @@ class Builder(Transformer):
             if len(strings) > 1:
                 old = self._decode(strings[1])
                 edit.old, edit.old_pos = old.value, old.pos
-        for item in c[2:]:
-            if isinstance(item, _Using):
-                if edit.using is not None:
-                    self._err(item.call.pos, "an edit takes one `using` clause", "duplicate-using",
-                              f"this edit already uses `{edit.using.name}`")
-                else:
-                    edit.using = item.call
-            elif isinstance(item, Expect):
-                edit.expects.append(item)
+        self._clauses(edit, c[2:], "an edit", "this edit")
         return edit
+
+    def _clauses(self, stmt: Edit | EditsFrom, items: list[Any], what: str, this: str) -> None:
+        """A statement's `using` (one at most) and `expect` clauses, in any order."""
+        for item in items:
+            if isinstance(item, _Using):
+                if stmt.using is not None:
+                    self._err(item.call.pos, f"{what} takes one `using` clause", "duplicate-using",
+                              f"{this} already uses `{stmt.using.name}`")
+                else:
+                    stmt.using = item.call
+            elif isinstance(item, Expect):
+                stmt.expects.append(item)
+
+    def edits_from_stmt(self, c: list[Any]) -> EditsFrom:
+        path = self._decode(next(t for t in c if isinstance(t, Token) and t.type == "STRING"))
+        stmt = EditsFrom(path.value, pos=_span(c), path_pos=path.pos)
+        fmt = next((t for t in c if isinstance(t, Token) and t.type == "NAME"), None)
+        if fmt is not None:
+            stmt.format, stmt.format_pos = str(fmt), token_pos(fmt)
+        stmt.columns = [a for a in c if isinstance(a, Arg)]
+        self._clauses(stmt, c, "an `edits from` statement", "this statement")
+        return stmt
 
     def change(self, c: list[Any]) -> Edit:
         return self._edit("edit", c)
@@ -329,7 +344,7 @@ class Builder(Transformer):
             prev = out[-1] if out else None
             if isinstance(prev, Batch) and prev.edits:
                 prev = prev.edits[-1]
-            if isinstance(prev, Edit):
+            if isinstance(prev, (Edit, EditsFrom)):
                 prev.expects.append(item.expect)
             else:
                 self._err(

@@ -9,13 +9,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Optional, Union
 
+from ..datafiles import DataFileError
 from ..errors import did_you_mean
 from ..registry.editors import EDITOR_PARAM, editor_folder, editor_problem
 from ..registry.params import validate_params
 from ..registry.specs import MethodSpec, Relation
-from .ast import Batch, Edit, Ident, MethodCall, ModelStmt, OnFailStmt, Pos, RelationStmt, SaveStmt, Script, UseStmt
+from .ast import (
+    Arg, Batch, Edit, EditsFrom, Ident, MethodCall, ModelStmt, OnFailStmt, Pos, RelationStmt, SaveStmt, Script, UseStmt,
+)  # fmt: skip
+from .data import (
+    DATA_FORMATS, FIELDS, LAYOUT_COLUMNS, TEMPLATE_LAYOUTS, DataRow, DataSource, DataTable, cell, default_columns,
+    fill_template, has_column, load_data, prompt_list, text_value,
+)  # fmt: skip
 from .diagnostics import ERROR, WARNING, Diagnostic, ScriptError, diag_at, sort_key
 
 ON_FAIL_POLICIES = ("rollback", "keep", "abort")
@@ -57,18 +64,57 @@ def _first_line(p: Pos) -> Pos:
     return p if p.end_line == p.line else Pos(p.line, p.col, p.line, 10**6)
 
 
+def _keyword(p: Pos, keyword: str) -> Pos:
+    """The span of the keyword a statement starts with."""
+    return Pos(p.line, p.col, p.line, p.col + len(keyword))
+
+
+#: A data path as a script writes it -> the file to read instead.
+DataFiles = Optional[Mapping[str, Union[str, "os.PathLike[str]"]]]
+
+
+@dataclass
+class _Seen:
+    """The first edit of a subject and relation (or prompt): what it sets, and where."""
+
+    kind: str
+    target: str | None
+    old: str | None
+    where: str  # "line 5", or "row 12 of facts.csv"
+
+
+class _RowProblem(Exception):
+    """A cell of a data row that cannot be read as its field."""
+
+
 class _Checker:
-    def __init__(self, script: Script, registry: Any, base_dir: str | os.PathLike[str] | None):
+    def __init__(
+        self,
+        script: Script,
+        registry: Any,
+        base_dir: str | os.PathLike[str] | None,
+        data_files: DataFiles = None,
+    ):
         self.script = script
         self.registry = registry
         self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+        self.data_files = data_files or {}
         self.diags: list[Diagnostic] = []
         self.relations: dict[str, RelationStmt] = {}
         self.checked_calls: dict[int, MethodSpec | None] = {}
-        self.seen_edits: dict[tuple[str, str, str], Edit] = {}
+        self.seen_edits: dict[tuple[str, str, str], _Seen] = {}
+        self.rows: dict[int, list[DataRow]] = {}  # id(EditsFrom) -> its valid rows
+        self.unknown_relation_hints: dict[str, str] = {}
 
     def err(self, pos: Pos, message: str, code: str, hint: str | None = None, severity: str = ERROR) -> None:
         self.diags.append(diag_at(pos, message, code, hint, severity, self.script.filename))
+
+    def row_err(self, s: EditsFrom, source: DataSource, row: int, column: str | None, message: str, code: str,
+                hint: str | None = None, severity: str = ERROR) -> None:  # fmt: skip
+        """An error in a row of a data file, at ``FILE:ROW[:COLUMN]`` and the statement naming it."""
+        d = diag_at(s.path_pos, message, code, hint, severity, self.script.filename)
+        d.data_file, d.data_row, d.data_column = source.display, row, column
+        self.diags.append(d)
 
     # -- whole script -------------------------------------------------------------
     def run(self) -> list[Diagnostic]:
@@ -82,8 +128,8 @@ class _Checker:
             if isinstance(s, UseStmt):
                 self.method_spec(s.method)
                 default = s.method
-            elif isinstance(s, Edit):
-                self.check_edit(s, s.using or default)
+            elif isinstance(s, (Edit, EditsFrom)):
+                self.check_member(s, s.using or default)
             elif isinstance(s, Batch):
                 self.check_batch(s, default)
         return sorted(self.diags, key=sort_key)
@@ -226,21 +272,31 @@ class _Checker:
             if e.using is not None and (call is None or e.using.name != call.name):
                 self.err(_name_pos(e.using), "an edit in a batch uses the batch's method", "using-in-batch",
                          "move the `using` clause to the batch: `batch using METHOD { ... }`")
-            self.check_edit(e, call, in_batch=True)
+            self.check_member(e, call, in_batch=True)
 
-    def check_edit(self, e: Edit, call: MethodCall | None, in_batch: bool = False) -> None:
-        head = _first_line(e.pos)
+    def check_member(self, e: Edit | EditsFrom, call: MethodCall | None, in_batch: bool = False) -> None:
+        """An edit or an `edits from` statement, with the method it gets."""
+        if isinstance(e, EditsFrom):
+            self.check_method_use(e.kind, _keyword(e.pos, "edits"), "`edits from` statement", call, in_batch)
+            self.check_edits_from(e)
+        else:
+            self.check_method_use(e.kind, _keyword(e.pos, e.kind), e.kind, call, in_batch)
+            self.check_edit(e)
+
+    def check_method_use(self, kind: str, head: Pos, what: str, call: MethodCall | None, in_batch: bool) -> None:
         if call is None and not in_batch:  # a batch without a method is reported once
-            self.err(Pos(head.line, head.col, head.line, head.col + len(e.kind)), f"this {e.kind} has no method",
+            self.err(head, f"this {what} has no method",
                      "no-method", "add `using METHOD` (e.g. `using rome`) or put a `use METHOD;` statement before it")
         elif call is not None and not in_batch:
             self.method_spec(call)
         spec = self.registry.methods.get(call.name) if call is not None else None
-        if spec is not None and e.kind not in spec.kinds:
-            able = sorted(n for n, m in self.registry.methods.items() if e.kind in m.kinds)
-            self.err(Pos(head.line, head.col, head.line, head.col + len(e.kind)),
-                     f"method `{spec.name}` cannot {e.kind} facts (it can {' or '.join(spec.kinds)} them)", "unsupported-kind",
-                     ("methods that can: " + ", ".join(able)) if able else f"no installed method can {e.kind} facts")
+        if spec is not None and kind not in spec.kinds:
+            able = sorted(n for n, m in self.registry.methods.items() if kind in m.kinds)
+            self.err(head,
+                     f"method `{spec.name}` cannot {kind} facts (it can {' or '.join(spec.kinds)} them)", "unsupported-kind",
+                     ("methods that can: " + ", ".join(able)) if able else f"no installed method can {kind} facts")
+
+    def check_edit(self, e: Edit) -> None:
         if not e.subject.strip():
             self.err(e.subject_pos, "empty subject", "empty-subject")
         key_relation: str
@@ -255,10 +311,8 @@ class _Checker:
             assert e.relation is not None
             rel = self.resolve_relation(e.relation)
             if rel is None:
-                names = list(self.relations) + self.registry.relation_names()
                 self.err(e.relation_pos, f"unknown relation `{e.relation}`", "unknown-relation",
-                         did_you_mean(e.relation, names)
-                         or "define it with `relation NAME \"template with {}\";` or see `kedsl plugins`")
+                         self.unknown_relation_hint(e.relation))
                 key_relation = "relation:" + e.relation
             else:
                 key_relation = "relation:" + rel.id
@@ -274,26 +328,197 @@ class _Checker:
                      "write what the model should answer instead, or leave `refusal` out for \"I don't know.\"")
         if e.old is not None and not e.old.strip():
             self.err(e.old_pos, "empty old target", "empty-old", "write the current answer after `from`")
-        self.check_duplicate(e, key_relation)
+        problem = self.check_duplicate(key_relation, e.subject, e.relation, _Seen(e.kind, e.target, e.old, f"line {e.pos.line}"))
+        if problem is not None:
+            code, message, hint = problem
+            where = _first_line(e.pos) if code == "duplicate-edit" or e.target is None else e.target_pos
+            self.err(where, message, code, hint)
         for ex in e.expects:
             self.check_expect(ex)
 
-    def check_duplicate(self, e: Edit, key_relation: str) -> None:
-        key = (key_relation, e.subject, "")
+    def unknown_relation_hint(self, name: str) -> str:
+        # difflib is slow: a data file may name the same unknown relation thousands of times
+        hint = self.unknown_relation_hints.get(name)
+        if hint is None:
+            names = list(self.relations) + self.registry.relation_names()
+            hint = self.unknown_relation_hints[name] = (
+                did_you_mean(name, names) or "define it with `relation NAME \"template with {}\";` or see `kedsl relations`"
+            )
+        return hint
+
+    def check_duplicate(self, key_relation: str, subject: str, relation: str | None, this: _Seen) -> tuple[str, str, str] | None:
+        """``(code, message, hint)`` when an earlier edit (written, or a row) edits the
+        same subject and relation (or prompt): the same edit again, or a contradiction."""
+        key = (key_relation, subject, "")
         first = self.seen_edits.get(key)
         if first is None:
-            self.seen_edits[key] = e
+            self.seen_edits[key] = this
+            return None
+        what = f'"{subject}" ' + (f"`{relation}`" if relation else "with this prompt")
+        if (first.kind, first.target, first.old) == (this.kind, this.target, this.old):
+            return "duplicate-edit", f"duplicate edit of {what}", f"the same edit is on {first.where}; remove one"
+        was = f'"{first.target}"' if first.target is not None else "erased"
+        return "contradicting-edit", f"contradicting edits of {what}", f"{first.where} already sets it to {was}; keep one of them"
+
+    # -- data files -----------------------------------------------------------------
+    def check_edits_from(self, s: EditsFrom) -> None:
+        for ex in s.expects:
+            self.check_expect(ex)
+        given = self.check_column_args(s.columns)
+        if s.format is not None and s.format not in DATA_FORMATS:
+            self.err(s.format_pos, f"unknown data format `{s.format}`", "unknown-format",
+                     did_you_mean(s.format, DATA_FORMATS) or "one of: " + ", ".join(DATA_FORMATS))
             return
-        what = f'"{e.subject}" ' + (f"`{e.relation}`" if e.relation else "with this prompt")
-        same = (first.kind, first.target, first.old) == (e.kind, e.target, e.old)
-        if same:
-            self.err(_first_line(e.pos), f"duplicate edit of {what}", "duplicate-edit",
-                     f"the same edit is on line {first.pos.line}; remove one")
-        else:
-            was = f'"{first.target}"' if first.target is not None else "erased"
-            self.err(e.target_pos if e.target is not None else _first_line(e.pos),
-                     f"contradicting edits of {what}", "contradicting-edit",
-                     f"line {first.pos.line} already sets it to {was}; keep one of them")
+        data = self.read_data(s)
+        if data is None:
+            return
+        src = data.source
+        if src.layout is not None and src.layout not in LAYOUT_COLUMNS and not given:
+            self.err(s.path_pos, f"{src.display} holds {src.layout} records, which `edits from` does not read",
+                     "unsupported-layout", "it reads plain columns and the ZsRE, KnowEdit and CounterFact layouts; "
+                     "`kedsl bench` reads this one, or name its columns with `with subject=\"...\", target=\"...\", ...`")
+            return
+        layout = src.layout if src.layout in LAYOUT_COLUMNS else None
+        columns = set(data.table.columns)
+        cols = default_columns(columns, layout)
+        unknown = False
+        for f, arg in given.items():
+            column = str(arg.value)
+            if has_column(columns, column):
+                cols[f] = column
+                continue
+            unknown = True
+            self.err(arg.pos, f"{src.display} has no column `{column}`", "unknown-column",
+                     did_you_mean(column, data.table.columns) or "its columns: " + _listed(data.table.columns))
+        if unknown:
+            return
+        needed = {"subject": "subject", "prompt": "prompt or relation", "target": "target"}
+        missing = [name for f, name in needed.items() if f not in cols and (f != "prompt" or "relation" not in cols)]
+        if missing:
+            self.err(s.path_pos, f"{src.display} has no {' and no '.join(f'`{m}`' for m in missing)} column", "missing-column",
+                     "its columns: " + _listed(data.table.columns) + "; name the ones to use with "
+                     '`with subject="...", prompt="...", target="..."`')
+            return
+        for p in data.table.problems:
+            self.row_err(s, src, p.row, p.column, p.message, p.code, p.hint)
+        rows: list[DataRow] = []
+        for n, record in enumerate(data.table.records, 1):
+            if record is not None:
+                row = self.check_row(s, src, cols, layout, n, record)
+                if row is not None:
+                    rows.append(row)
+        self.rows[id(s)] = rows
+
+    def errors_since(self, start: int) -> bool:
+        return any(d.is_error for d in self.diags[start:])
+
+    def check_column_args(self, args: list[Arg]) -> dict[str, Arg]:
+        """The ``with FIELD="COLUMN"`` mapping, each field once and each column a string."""
+        given: dict[str, Arg] = {}
+        for a in args:
+            if a.name not in FIELDS:
+                self.err(a.pos, f"unknown field `{a.name}`", "unknown-field",
+                         did_you_mean(a.name, FIELDS) or "fields: " + ", ".join(FIELDS))
+            elif a.name in given:
+                self.err(a.pos, f"field `{a.name}` is given twice", "duplicate-field")
+            elif not isinstance(a.value, str) or not a.value:
+                self.err(a.pos, f"the column of `{a.name}` is a name in double quotes", "bad-column-name",
+                         f'write e.g. `{a.name}="{a.name}"`')
+            else:
+                given[a.name] = a
+        return given
+
+    def read_data(self, s: EditsFrom) -> DataTable | None:
+        """The statement's data file, read once per script (the checker runs more than once
+        on the way to `apply`: what it checks there is what gets applied and recorded)."""
+        key = (s.path, s.format)
+        cached = self.script.data.get(key)
+        if cached is None:
+            try:
+                cached = load_data(s.path, s.format, os.path.dirname(self.script.filename), self.data_files.get(s.path))
+            except DataFileError as exc:
+                cached = exc
+            self.script.data[key] = cached
+        if isinstance(cached, DataFileError):
+            self.err(s.path_pos, cached.message, cached.code, cached.hint)
+            return None
+        return cached
+
+    def check_row(self, s: EditsFrom, src: DataSource, cols: dict[str, str], layout: str | None, n: int,
+                  record: dict[str, Any]) -> DataRow | None:  # fmt: skip
+        """One row as the edit it stands for, or None after reporting each of its problems."""
+        errors = len(self.diags)
+        text_cells = src.format in ("csv", "tsv")
+        unreadable: set[str] = set()  # fields reported as such, not also as empty
+
+        def text(f: str) -> str | None:
+            column = cols.get(f)
+            if column is None:
+                return None
+            try:  # a benchmark layout's answers are read as `kedsl bench` reads them
+                return text_value(cell(record, column), trimmed=layout is not None and f in ("target", "old"))
+            except TypeError as exc:
+                self.row_err(s, src, n, column, f"the {f} cannot be read: {exc}", "bad-value")
+                unreadable.add(f)
+                return None
+
+        def prompts(f: str) -> list[str]:
+            column = cols.get(f)
+            if column is None:
+                return []
+            try:
+                return prompt_list(cell(record, column), text_cells)
+            except TypeError as exc:
+                self.row_err(s, src, n, column, f"the {f} cannot be read: {exc}", "bad-value",
+                             "one prompt per line, or a JSON array of strings")
+                return []
+
+        subject, prompt, relation = text("subject"), text("prompt"), text("relation")
+        target, old = text("target"), text("old")
+        paraphrases, locality = prompts("paraphrases"), prompts("locality")
+        if subject is None and "subject" not in unreadable:
+            self.row_err(s, src, n, cols["subject"], "empty subject", "empty-subject", "every row names the subject it edits")
+        if prompt is not None and layout in TEMPLATE_LAYOUTS and subject is not None:
+            if "{}" in prompt:
+                prompt = fill_template(prompt, subject)
+            else:
+                self.row_err(s, src, n, cols["prompt"], "the prompt template has no `{}` for the subject", "template-without-subject")
+                prompt = None
+                unreadable.add("prompt")
+        key_relation: str | None = None
+        if prompt is not None and relation is not None:
+            self.row_err(s, src, n, cols["prompt"], "the row gives both a prompt and a relation", "prompt-and-relation",
+                         "leave one of the two cells empty")
+        elif prompt is not None:
+            key_relation = "prompt:" + prompt
+            if subject is not None and subject not in prompt:
+                self.row_err(s, src, n, cols["prompt"], f'subject "{subject}" does not occur in the prompt', "subject-not-in-prompt",
+                             "the subject must be written in the prompt exactly as in its own cell (case and spaces included)")
+        elif relation is not None:
+            rel = self.resolve_relation(relation)
+            if rel is None:
+                self.row_err(s, src, n, cols["relation"], f"unknown relation `{relation}`", "unknown-relation",
+                             self.unknown_relation_hint(relation))
+            key_relation = "relation:" + (rel.id if rel is not None else relation)
+        elif not unreadable & {"prompt", "relation"}:
+            self.row_err(s, src, n, cols.get("prompt") or cols.get("relation"), "the row gives neither a prompt nor a relation",
+                         "missing-prompt", "fill in the prompt (which contains the subject) or the relation (an id or alias)")
+        if target is None:
+            if "target" not in unreadable:
+                self.row_err(s, src, n, cols["target"], "empty target", "empty-target", "every row gives the new answer")
+        elif old is not None and target.strip() == old.strip():
+            # A warning here, where a written edit has an error: benchmark files hold such
+            # records (3% of ZsRE's), and the edit still writes the target.
+            self.row_err(s, src, n, cols["target"], "the new target is the same as the old one", "target-equals-old",
+                         "the edit changes nothing the file knows of; drop the row or fix one of the targets", WARNING)
+        if not self.errors_since(errors) and subject is not None and key_relation is not None and target is not None:
+            problem = self.check_duplicate(key_relation, subject, relation, _Seen("edit", target, old, f"row {n} of {src.display}"))
+            if problem is not None:
+                code, message, hint = problem
+                self.row_err(s, src, n, cols["target"] if code == "contradicting-edit" else None, message, code, hint)
+        if self.errors_since(errors) or subject is None or target is None:
+            return None
+        return DataRow(n, subject, prompt, relation, target, old, paraphrases or None, locality)
 
     def check_expect(self, ex: Any) -> None:
         spec = self.registry.metrics.get(ex.metric)
@@ -317,13 +542,27 @@ class _Checker:
                      f"write e.g. `expect {ex.metric} {ex.op} 0.9`")
 
 
-def check(script: Script, registry: Any, base_dir: str | os.PathLike[str] | None = None) -> list[Diagnostic]:
-    """Every problem in ``script`` (resolved against ``registry``), sorted by position.
+def _listed(names: list[str], n: int = 12) -> str:
+    return ", ".join(f"`{c}`" for c in names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+
+
+def check(
+    script: Script,
+    registry: Any,
+    base_dir: str | os.PathLike[str] | None = None,
+    data_files: DataFiles = None,
+) -> list[Diagnostic]:
+    """Every problem in ``script`` (resolved against ``registry``), sorted by position;
+    every row of the data files its ``edits from`` statements name included.
 
     Relative ``save to`` paths and editor folders are resolved against ``base_dir`` (default: the current
-    working directory, which is where ``apply`` writes).
+    working directory, which is where ``apply`` writes); data files against the script's
+    folder (``script.filename``'s). ``data_files`` maps a data path as the script writes it
+    to the file to read instead (a replay reads the content the audit trail kept).
     """
-    return _Checker(script, registry, base_dir).run()
+    return _Checker(script, registry, base_dir, data_files).run()
 
 
 # -- what the executor needs ---------------------------------------------------------
@@ -342,15 +581,22 @@ class ResolvedEdit:
     params: dict[str, Any] = field(default_factory=dict)  # as given (defaults not filled in)
     batch: int | None = None  # index of the batch among the script's batches
     on_fail: str = DEFAULT_ON_FAIL
+    row: int | None = None  # the row of a data file (``edits from``), from 1
+    source: DataSource | None = None  # that data file
+    locality: list[str] = field(default_factory=list)  # the row's locality prompts
 
 
 def on_fail_policy(script: Script) -> str:
     return next((s.policy for s in script.statements if isinstance(s, OnFailStmt)), DEFAULT_ON_FAIL)
 
 
-def resolve_edits(script: Script, registry: Any, base_dir: str | os.PathLike[str] | None = None) -> list[ResolvedEdit]:
-    """Resolve every edit of ``script``; raise :class:`ScriptError` if it does not check."""
-    diags = check(script, registry, base_dir)
+def resolve_edits(
+    script: Script, registry: Any, base_dir: str | os.PathLike[str] | None = None, data_files: DataFiles = None
+) -> list[ResolvedEdit]:
+    """Resolve every edit of ``script``, each row of its data files as the written edit
+    with the same fields; raise :class:`ScriptError` if it does not check."""
+    checker = _Checker(script, registry, base_dir, data_files)
+    diags = checker.run()
     if any(d.is_error for d in diags):
         raise ScriptError(diags, script.source or None)
     relations = {s.name: s for s in script.statements if isinstance(s, RelationStmt)}
@@ -384,19 +630,36 @@ def resolve_edits(script: Script, registry: Any, base_dir: str | os.PathLike[str
             call.name, params_of(call), batch, policy,
         )
 
+    def rows(s: EditsFrom, call: MethodCall, batch: int | None) -> list[ResolvedEdit]:
+        source = script.data[(s.path, s.format)].source
+        out = []
+        for row in checker.rows[id(s)]:
+            # The edit a written statement with the row's fields is: resolved by `one`.
+            e = Edit(row.subject, "edit", row.relation, row.prompt, row.target, row.old, s.using, s.expects, pos=s.pos)
+            r = one(e, call, batch)
+            r.row, r.source, r.locality = row.row, source, row.locality
+            if row.paraphrases is not None:
+                r.paraphrases = row.paraphrases
+            out.append(r)
+        return out
+
+    def members(e: Edit | EditsFrom, call: MethodCall, batch: int | None) -> list[ResolvedEdit]:
+        return rows(e, call, batch) if isinstance(e, EditsFrom) else [one(e, call, batch)]
+
     out: list[ResolvedEdit] = []
     default: MethodCall | None = None
     batch_index = 0
     for s in script.statements:
         if isinstance(s, UseStmt):
             default = s.method
-        elif isinstance(s, Edit):
+        elif isinstance(s, (Edit, EditsFrom)):
             call = s.using or default
             assert call is not None
-            out.append(one(s, call, None))
+            out.extend(members(s, call, None))
         elif isinstance(s, Batch):
             call = s.using or default
             assert call is not None
-            out.extend(one(e, call, batch_index) for e in s.edits)
+            for e in s.edits:
+                out.extend(members(e, call, batch_index))
             batch_index += 1
     return out

@@ -32,17 +32,32 @@ class Diagnostic:
     hint: str | None = None
     code: str = "error"
     filename: str = "<script>"
+    # A problem in a row of a data file (`edits from`): the file as messages name it, the
+    # row (from 1) and the column; line/col are then the statement that names the file.
+    data_file: str | None = None
+    data_row: int | None = None
+    data_column: str | None = None
 
     @property
     def is_error(self) -> bool:
         return self.severity == ERROR
 
+    @property
+    def location(self) -> str:
+        """``FILE:ROW[:COLUMN]`` for a row of a data file, else ``SCRIPT:LINE:COL``."""
+        if self.data_file is not None and self.data_row is not None:
+            return f"{self.data_file}:{self.data_row}" + (f":{self.data_column}" if self.data_column else "")
+        return f"{self.filename}:{self.line}:{self.col}"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def render(self, source: str | None = None) -> str:
-        """``FILE:LINE:COL: severity: message``, the source line, a caret line, the hint."""
-        out = [f"{self.filename}:{self.line}:{self.col}: {self.severity}: {self.message}"]
+        """``FILE:LINE:COL: severity: message`` (``DATA:ROW[:COLUMN]`` and the statement
+        naming the data file, for a row), the source line, a caret line, the hint."""
+        out = [f"{self.location}: {self.severity}: {self.message}"]
+        if self.data_row is not None:
+            out.append(f"  in {self.filename}:{self.line}:{self.col}, the `edits from` statement that reads {self.data_file}")
         lines = source.splitlines() if source is not None else []
         if 1 <= self.line <= len(lines):
             text = lines[self.line - 1].expandtabs(1)  # one column per character
@@ -74,8 +89,8 @@ def render_all(diagnostics: list[Diagnostic], source: str | None) -> str:
     return "\n".join(d.render(source) for d in diagnostics)
 
 
-def sort_key(d: Diagnostic) -> tuple[int, int]:
-    return (d.line, d.col)
+def sort_key(d: Diagnostic) -> tuple[int, int, int]:
+    return (d.line, d.col, d.data_row or 0)
 
 
 class ScriptError(KedslError):
@@ -87,10 +102,7 @@ class ScriptError(KedslError):
         errors = [d for d in diagnostics if d.is_error]
         first = errors[0] if errors else diagnostics[0]
         more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
-        super().__init__(
-            f"{first.filename}:{first.line}:{first.col}: {first.message}{more}",
-            first.hint,
-        )
+        super().__init__(f"{first.location}: {first.message}{more}", first.hint)
 
     def render(self) -> str:
         return render_all(self.diagnostics, self.source)

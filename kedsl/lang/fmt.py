@@ -17,6 +17,7 @@ from .ast import (
     Batch,
     Comment,
     Edit,
+    EditsFrom,
     Expect,
     Ident,
     MethodCall,
@@ -110,6 +111,22 @@ def _edit_lines(e: Edit) -> list[str]:
     return lines
 
 
+def _edits_from_lines(s: EditsFrom) -> list[str]:
+    """``edits from "PATH" [as F] [with ...] [using ...]`` on one line if it fits, else
+    the `with` and `using` parts on lines of their own; expectations below."""
+    head = f"edits from {quote(s.path)}" + (f" as {s.format}" if s.format is not None else "")
+    parts = []
+    if s.columns:
+        parts.append("with " + ", ".join(f"{a.name}={format_value(a.value)}" for a in s.columns))
+    if s.using is not None:
+        parts.append(f"using {format_call(s.using)}")
+    one_line = " ".join([head, *parts])
+    lines = [one_line] if len(one_line) <= MAX_WIDTH else [head] + [INDENT + p for p in parts]
+    lines += [INDENT + format_expect(x) for x in s.expects]
+    lines[-1] += ";"
+    return lines
+
+
 def _statement_lines(s: Any, comments: list[Comment]) -> list[str]:
     if isinstance(s, ModelStmt):
         settings = ", ".join(f"{a.name}={format_value(a.value)}" for a in s.settings)
@@ -127,6 +144,8 @@ def _statement_lines(s: Any, comments: list[Comment]) -> list[str]:
         return [f"save to {quote(s.path)}" + (f" {s.mode}" if s.mode else "") + ";"]
     if isinstance(s, Edit):
         return _edit_lines(s)
+    if isinstance(s, EditsFrom):
+        return _edits_from_lines(s)
     if isinstance(s, Batch):
         head = "batch " + (f"using {format_call(s.using)} " if s.using else "") + "{"
         inner = [c for c in comments if _inside(c, s.pos)]
@@ -146,7 +165,7 @@ def _inside(c: Comment, pos: Pos) -> bool:
 def _span(s: Any) -> Pos:
     """A statement's span, including expectations written after its `;`."""
     p = s.pos
-    if isinstance(s, Edit):
+    if isinstance(s, (Edit, EditsFrom)):
         for x in s.expects:
             if x.pos.line and (x.pos.end_line, x.pos.end_col) > (p.end_line, p.end_col):
                 p = Pos(p.line, p.col, x.pos.end_line, x.pos.end_col)

@@ -11,7 +11,7 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from ..errors import did_you_mean
-from .ast import Batch, Edit, ModelStmt, OnFailStmt, Pos, RelationStmt, SaveStmt, UseStmt
+from .ast import Batch, Edit, EditsFrom, ModelStmt, OnFailStmt, Pos, RelationStmt, SaveStmt, UseStmt
 from .builder import StandaloneExpect, item_pos
 from .diagnostics import Diagnostic
 
@@ -24,11 +24,12 @@ _STATEMENT_KINDS = {
     "EDIT": "the edit",
     "INSERT": "the insert",
     "ERASE": "the erase",
+    "EDITS": "the `edits from` statement",
     "_EXPECT": "the expectation",
     "BATCH": "the batch",
     "SAVE": "the save statement",
 }
-STATEMENT_KEYWORDS = ("model", "relation", "use", "on_fail", "edit", "insert", "erase", "expect", "batch", "save")
+STATEMENT_KEYWORDS = ("model", "relation", "use", "on_fail", "edit", "edits", "insert", "erase", "expect", "batch", "save")
 
 
 def dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
@@ -96,7 +97,7 @@ def _value_stack(e: UnexpectedInput) -> list[Any]:
 
 def _statement_context(stack: list[Any]) -> tuple[Token | None, Any]:
     """(keyword token of the statement being parsed, the last item parsed)."""
-    finished = (Edit, Batch, ModelStmt, RelationStmt, UseStmt, OnFailStmt, SaveStmt, StandaloneExpect)
+    finished = (Edit, EditsFrom, Batch, ModelStmt, RelationStmt, UseStmt, OnFailStmt, SaveStmt, StandaloneExpect)
     keyword = None
     for item in reversed(stack):
         if isinstance(item, finished):

@@ -49,6 +49,7 @@ _CSV_COLUMNS = [
     "run_id", "run_kind", "run_status", "started", "user", "host", "script_path", "script_sha256", "model_ref",
     "fingerprint_before", "fingerprint_after", "parent_run", "edit_id", "seq", "subject", "prompt", "target",
     "method", "params", "edit_status", "seconds", "outcome_sha256", "metric", "value", "op", "threshold", "passed",
+    "data_sha256", "data_row",
 ]  # fmt: skip
 
 
@@ -72,6 +73,7 @@ def _export_csv(runs: list[dict[str, Any]]) -> str:
                 base, edit_id=e["id"], seq=e["seq"], subject=e["subject"], prompt=req.get("prompt"),
                 target=req.get("target"), method=e["method"], params=canonical_json(e.get("params")),
                 edit_status=e["status"], seconds=e["seconds"], outcome_sha256=e.get("outcome_sha256"),
+                data_sha256=e.get("data_sha256"), data_row=e.get("data_row"),
             )  # fmt: skip
             if not e["metrics"]:
                 w.writerow(row)
@@ -112,7 +114,7 @@ def _export_html(runs: list[dict[str, Any]], check: Verification, store: Store) 
     else:
         items = "".join(f"<li>{e(f.message)}</li>" for f in check.findings if f.level == "error")
         parts.append(f"<div class='banner bad'>Log verification FAILED:<ul>{items}</ul></div>")
-    notes = [f.message for f in check.findings if f.level == "note"]
+    notes = [f.message for f in check.findings if f.level in ("warning", "note")]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     # Summary table.

@@ -52,6 +52,8 @@ def edit_record(store: Store, edit_id: str) -> dict[str, Any]:
     rec["metrics"] = [_decoded(m) for m in store.metric_results(edit_id)]
     if row.get("outcome_sha256"):
         rec["outcome"] = blob_summary(store, row["outcome_sha256"])
+    if row.get("data_sha256"):  # made from a row of a data file: which file
+        rec["data_file"] = next((d for d in store.data_files(row["run_id"]) if d["sha256"] == row["data_sha256"]), None)
     return rec
 
 
@@ -60,6 +62,7 @@ def run_record(store: Store, run_id: str, with_events: bool = False) -> dict[str
     if row is None:
         raise UsageError(f"no run {run_id} in {store.path}", "list runs with `kedsl log`")
     rec = _decoded(row)
+    rec["data_files"] = store.data_files(run_id)
     rec["edits"] = [edit_record(store, e["id"]) for e in store.edits(run_id)]
     if with_events:
         rec["events"] = [

@@ -10,7 +10,7 @@ import sqlite_utils
 
 from ..records import canonical_json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: The "previous hash" of the first event.
 GENESIS = "0" * 64
 
@@ -108,7 +108,31 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = {1: _migrate_v1, 2: _migrate_v2}
+def _migrate_v3(db: sqlite_utils.Database) -> None:
+    """Edits from data files (``edits from``): the files a run read (their content kept as
+    a blob), and the row of each edit."""
+    db["data_files"].create(
+        {
+            "id": int,
+            "run_id": str,
+            "path": str,  # as the script writes it
+            "file": str,  # the file read (absolute)
+            "display": str,  # how messages named it
+            "format": str,
+            "layout": str,
+            "sha256": str,  # of the bytes read; the blob <sha256>.data holds them
+            "size": int,
+            "rows": int,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["data_files"].create_index(["run_id"])
+    db["edits"].add_column("data_sha256", str)
+    db["edits"].add_column("data_row", int)  # from 1, as `kedsl check` numbers rows
+
+
+MIGRATIONS = {1: _migrate_v1, 2: _migrate_v2, 3: _migrate_v3}
 
 #: Columns of ``runs`` a caller may set through :meth:`Store.begin_run` / :meth:`Store.end_run`.
 RUN_FIELDS = {

@@ -12,6 +12,11 @@ Tables (schema version in ``PRAGMA user_version``, upgraded by the migrations of
 - ``edits``: one row per edit (request, method, resolved parameters, status, seconds,
   method info, outcome blob hash).
 - ``metric_results``: one row per expectation measured (value, threshold, passed).
+- ``data_files``: the data files a run's ``edits from`` statements read (path, the file
+  read, format, SHA-256, size, rows); their content is kept as the blob
+  ``<sha256>.data``, once per distinct content, so a replay does not depend on the file.
+  An edit made from a row records the file's SHA-256 and the row (``data_sha256``,
+  ``data_row``).
 - ``events``: an append-only log; each row carries the SHA-256 of its content chained
   to the previous row's hash. Every write to the other tables is one transaction that
   also appends the event describing it, so the tables can be checked against the log
@@ -39,7 +44,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import sqlite_utils
 
@@ -293,7 +298,11 @@ class Store:
         metrics: list[dict[str, Any]],
         error: str | None = None,
         attachments: list[dict[str, Any]] | None = None,
+        data_sha256: str | None = None,
+        data_row: int | None = None,
     ) -> str:
+        """Record one edit; ``data_sha256`` and ``data_row`` name the row of a data file
+        (:meth:`record_data_file`) it was made from."""
         edit_id = f"{run_id}-e{seq}"
         record = {
             "id": edit_id,
@@ -309,6 +318,8 @@ class Store:
             "outcome_sha256": outcome_sha256,
             "error": error,
             "attachments": canonical_json(list(attachments or [])),
+            "data_sha256": data_sha256,
+            "data_row": data_row,
         }
         metric_rows = [{k: _jsonish(v) for k, v in m.items()} for m in metrics]
         with self._immediate():
@@ -318,9 +329,30 @@ class Store:
             self._append_event(run_id, "edit", {**record, "metrics": metric_rows})
         return edit_id
 
-    # -- outcome blobs ---------------------------------------------------------------
+    def record_data_file(self, run_id: str, content: bytes, **fields: Any) -> str:
+        """Record a data file ``run_id`` read (``path``, ``file``, ``display``, ``format``,
+        ``layout``, ``rows``) and keep ``content`` as a blob; return its SHA-256."""
+        sha = self._write_blob(content, self.data_blob_path)
+        record = {"run_id": run_id, "sha256": sha, "size": len(content), **fields}
+        with self._immediate():
+            record["id"] = self.db["data_files"].insert(record).last_pk
+            self._append_event(run_id, "data_file", record)
+        return sha
+
+    # -- blobs -----------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
+        """Where an outcome or attachment blob is (safetensors)."""
         return self.blob_dir / f"{sha256}.safetensors"
+
+    def data_blob_path(self, sha256: str) -> Path:
+        """Where a data file's kept content is."""
+        return self.blob_dir / f"{sha256}.data"
+
+    def data_blob(self, sha256: str) -> Path:
+        """The kept content of a data file, after checking its SHA-256 (a changed or
+        missing blob is a :class:`StoreError`)."""
+        self._read_blob(sha256, "data file blob", self.data_blob_path)
+        return self.data_blob_path(sha256)
 
     def save_outcome(self, changes: dict[str, Any]) -> str | None:
         """Store an outcome's exact before/after tensors as a content-addressed
@@ -335,10 +367,10 @@ class Store:
             tensors[f"after::{name}"] = ch.after.contiguous()
         return self._write_blob(save(tensors))
 
-    def _write_blob(self, data: bytes) -> str:
+    def _write_blob(self, data: bytes, path_of: Callable[[str], Path] | None = None) -> str:
         digest = hashlib.sha256(data).hexdigest()
         self.blob_dir.mkdir(parents=True, exist_ok=True)
-        target = self.blob_path(digest)
+        target = (path_of or self.blob_path)(digest)
         if not target.exists():
             tmp = self.blob_dir / f".{digest}.tmp{os.getpid()}"
             with open(tmp, "wb") as fh:
@@ -349,8 +381,8 @@ class Store:
             fsync_dir(self.blob_dir)
         return digest
 
-    def _read_blob(self, sha256: str, what: str = "blob") -> bytes:
-        path = self.blob_path(sha256)
+    def _read_blob(self, sha256: str, what: str = "blob", path_of: Callable[[str], Path] | None = None) -> bytes:
+        path = (path_of or self.blob_path)(sha256)
         if not path.is_file():
             raise StoreError(f"the {what} {path} is missing", "restore the .blobs directory beside the database")
         data = path.read_bytes()
@@ -410,6 +442,15 @@ class Store:
     def edits(self, run_id: str) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM edits WHERE run_id = ? ORDER BY seq", [run_id]))
 
+    def data_files(self, run_id: str) -> list[dict[str, Any]]:
+        """The data files ``run_id`` read, in the order it recorded them."""
+        if not self._has_data_files():
+            return []  # a store of schema 2 opened read-only
+        return list(self.db.query("SELECT * FROM data_files WHERE run_id = ? ORDER BY id", [run_id]))
+
+    def _has_data_files(self) -> bool:
+        return "data_files" in self.db.table_names()
+
     def metric_results(self, edit_id: str) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM metric_results WHERE edit_id = ? ORDER BY id", [edit_id]))
 
@@ -445,6 +486,10 @@ class Store:
     def orphan_metric_results(self) -> int:
         """How many metric results belong to no edit."""
         return self.db.execute("SELECT COUNT(*) FROM metric_results WHERE edit_id NOT IN (SELECT id FROM edits)").fetchone()[0]
+
+    def data_file_rows(self) -> list[dict[str, Any]]:
+        """Every row of ``data_files``, in table order."""
+        return list(self.db.query("SELECT * FROM data_files")) if self._has_data_files() else []
 
     def edit_outcome_blobs(self) -> list[dict[str, Any]]:
         """``id`` and ``outcome_sha256`` of every edit with an outcome blob, by id."""

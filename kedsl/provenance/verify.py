@@ -3,6 +3,9 @@
 - :func:`verify_log` checks the event log's hash chain row by row, its anchor (so
   deleting the newest rows is caught too), that the ``runs``/``edits``/``metric_results``
   tables say exactly what the log says, and that every outcome blob still has its hash.
+  Data files the runs read (``edits from``) are checked too: their kept content still has
+  its hash (an error if not), and the file on disk still holds what the run read (a
+  warning if it changed or is gone: the run and its replay use the kept content).
 - :func:`verify_model` recomputes a model directory's fingerprint and compares it with the
   fingerprint the log says that directory should have (it loads the model: torch).
 
@@ -39,9 +42,9 @@ _METRIC_COMPARED = ("metric", "value", "op", "threshold", "passed", "n", "detail
 
 @dataclass
 class Finding:
-    """One thing verification found: ``error`` fails it, ``note`` does not."""
+    """One thing verification found: ``error`` fails it, ``warning`` and ``note`` do not."""
 
-    level: str  # error | note
+    level: str  # error | warning | note
     message: str
     event: int | None = None  # the first broken event row, when the finding is about one
 
@@ -63,6 +66,9 @@ class Verification:
 
     def error(self, message: str, event: int | None = None) -> None:
         self.findings.append(Finding("error", message, event))
+
+    def warning(self, message: str) -> None:
+        self.findings.append(Finding("warning", message))
 
     def note(self, message: str) -> None:
         self.findings.append(Finding("note", message))
@@ -88,6 +94,7 @@ def verify_log(store: Store) -> Verification:
         return result  # the log itself is not trustworthy: nothing to compare against
     _verify_anchor(events, result)
     _verify_tables(store, events, result)
+    _verify_data_files(store, events, result)
     _verify_blobs(store, result)
     _verify_attachment_blobs(store, result)
     interrupted = store.unfinished_runs()
@@ -205,6 +212,47 @@ def _verify_tables(store: Store, events: list[dict[str, Any]], result: Verificat
     orphans = store.orphan_metric_results()
     if orphans:
         result.error(f"{orphans} metric result(s) belong to no edit in the log (added outside kedsl)")
+
+
+def _verify_data_files(store: Store, events: list[dict[str, Any]], result: Verification) -> None:
+    """The data_files table against the log; each kept content against its hash (errors);
+    each file on disk against what its run read (warnings)."""
+    logged = {}
+    for e in events:
+        if e["kind"] == "data_file":
+            payload = json.loads(e["payload"])
+            logged[payload["id"]] = dict(payload, _event=e["id"])
+    rows = {r["id"]: r for r in store.data_file_rows()}
+    for row_id, entry in logged.items():
+        row = rows.pop(row_id, None)
+        if row is None:
+            result.error(f"data file {entry.get('path')!r} of run {entry.get('run_id')} is in the log (event {entry['_event']}) "
+                         "but was deleted from the data_files table")  # fmt: skip
+            continue
+        for col, value in row.items():
+            if col in entry and not _same(value, entry[col]):
+                result.error(f"data file {row_id} of run {row['run_id']}: `{col}` in the data_files table differs from the log "
+                             f"(event {entry['_event']})")  # fmt: skip
+    for row_id, row in rows.items():
+        result.error(f"data file {row_id} of run {row['run_id']} is in the data_files table but not in the log (added outside kedsl)")
+    checked: dict[tuple[str, str], bool] = {}
+    for entry in logged.values():
+        sha, file = entry["sha256"], entry["file"]
+        if (file, sha) in checked:
+            continue
+        checked[(file, sha)] = True
+        blob = store.data_blob_path(sha)
+        if not blob.is_file():
+            result.error(f"run {entry['run_id']}: the kept content of data file {entry['path']} ({blob.name}) is missing from {store.blob_dir}")
+        elif _file_sha256(blob) != sha:
+            result.error(f"run {entry['run_id']}: the kept content of data file {entry['path']} ({blob.name}) was changed (SHA-256 mismatch)")
+        now = _file_sha256(Path(file)) if Path(file).is_file() else None
+        if now is None:
+            result.warning(f"data file {file} (read by run {entry['run_id']}) is gone; the store keeps what the run read "
+                           "and `kedsl replay` uses that")  # fmt: skip
+        elif now != sha:
+            result.warning(f"data file {file} changed after run {entry['run_id']} read it (SHA-256 {sha[:16]} then, "
+                           f"{now[:16]} now); the store keeps what the run read and `kedsl replay` uses that")  # fmt: skip
 
 
 def _verify_blobs(store: Store, result: Verification) -> None:
