@@ -102,7 +102,7 @@ def main() -> None:
     from kedsl.editing.request import EditRequest
     from kedsl.model.journal import WeightJournal
     from kedsl.model.loading import load_model
-    from kedsl.registry.params import resolve_params
+    from kedsl.registry.presets import params_for
     from kedsl.registry import Registry
     from kedsl.toolkit.stats import second_moment
     from kedsl_memit.memit import MEMIT, MEMITConfig
@@ -115,11 +115,9 @@ def main() -> None:
         requests += known_facts_with_new_targets(max(sizes) - len(requests))
     model = load_model("smollm2-135m", {})
     reg = Registry(plugins=[kedsl_memit, kedsl_rome], entry_points=False)
-    family = model.arch.preset_family
 
     def params(name: str) -> dict:
-        spec = reg.method(name)
-        return resolve_params(spec.params, {}, spec.presets, family)
+        return params_for(reg.method(name), {}, model).params
 
     mp, rp = params("memit"), params("rome")
     mcfg, rcfg = MEMITConfig.from_params(mp), configure(rp, model=model)

@@ -6,7 +6,7 @@ goes to OUT/<model>/<method>.json with the process's peak RSS added, and a finis
 is never run again (kill the script and start it again to resume). Then the table:
 
     .venv/bin/python bench/models_table.py --models smollm2-135m,gemma3-270m,qwen2.5-coder-0.5b \
-        --methods rome,memit,alphaedit,ft_l,ft_m,lora,adalora,ike,grace --out bench/results/models
+        --methods rome,memit,alphaedit,ft_l,ft_m,lora,adalora,ike,grace,rome+layer=auto --out bench/results/models
     .venv/bin/python bench/models_table.py --out bench/results/models --table-only
 
 MEND and SERAC need an editor trained for the model (`kedsl train`): give it with
@@ -26,8 +26,12 @@ METRICS = "efficacy,generalization,locality,efficacy_gen"
 COLUMNS = ("efficacy", "generalization", "locality", "efficacy_gen")
 
 
-def run_cell(model: str, method: str, args: argparse.Namespace, params: list[str]) -> None:
-    out = args.out / model / f"{method}.json"
+def run_cell(model: str, cell: str, args: argparse.Namespace, params: list[str]) -> None:
+    """``cell`` is a method name, optionally with parameters of its own after ``+``
+    (``rome+layer=auto``): a variant gets its own row."""
+    method, *own = cell.split("+")
+    params = params + own
+    out = args.out / model / f"{cell}.json"
     if out.is_file():
         return
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +83,7 @@ def main() -> None:
     if not args.table_only:
         for model in args.models.split(","):
             for method in args.methods.split(","):
-                params = [p.split(".", 1)[1] for p in args.param if p.startswith(method + ".")]
+                params = [p.split(".", 1)[1] for p in args.param if p.startswith(method.split("+")[0] + ".")]
                 run_cell(model, method, args, params)
     text = table(args.out)
     (args.out / "table.md").write_text(text + "\n")

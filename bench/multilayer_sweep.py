@@ -47,7 +47,7 @@ def main() -> None:
     from kedsl.model.journal import WeightJournal
     from kedsl.records import jsonable
     from kedsl.model.loading import load_model
-    from kedsl.registry.params import resolve_params
+    from kedsl.registry.presets import params_for
     from kedsl.registry import Registry
     from kedsl.toolkit.scoring import teacher_forced
     from kedsl.toolkit.context import context_templates
@@ -94,7 +94,7 @@ def main() -> None:
 
     rows = []
     for search_name, given in searches:
-        cfg = MEMITConfig.from_params(resolve_params(spec.params, given, spec.presets, model.arch.preset_family))
+        cfg = MEMITConfig.from_params(params_for(spec, given, model).params)
         templates = context_templates(model, cfg.context_lengths, cfg.context_count, cfg.seed)
         t = time.perf_counter()
         found = search_targets(model, reqs, templates, cfg.layers[-1], ValueSearchConfig.from_method(cfg), cfg.v_batch)
@@ -102,7 +102,7 @@ def main() -> None:
         prob = sum(found.target_prob) / len(reqs)
         print(f"search {search_name} {given}: {len(templates)} templates, {len(reqs)} facts, {found.steps} steps, {search_s:.0f}s, mean target prob {prob:.3f}")
         for spread_name, spread_given in spreads:
-            scfg = MEMITConfig.from_params(resolve_params(spec.params, {**given, **spread_given}, spec.presets, model.arch.preset_family))
+            scfg = MEMITConfig.from_params(params_for(spec, {**given, **spread_given}, model).params)
             if scfg.layers[-1] != cfg.layers[-1]:
                 raise SystemExit(f"spread {spread_name}: its last layer must be the searched layer {cfg.layers[-1]}")
             sacfg = AlphaEditConfig(layers=scfg.layers, null_space_threshold=args.threshold, mom2_samples=scfg.mom2_samples)

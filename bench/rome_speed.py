@@ -64,9 +64,10 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
 
 def rome_params(model, given: dict[str, Any]) -> dict[str, Any]:
     import kedsl_rome
-    from kedsl.registry.params import resolve_params
+    from kedsl.registry import Registry
+    from kedsl.registry.presets import params_for
 
-    return resolve_params(kedsl_rome.PARAMS, given, kedsl_rome.PRESETS, model.arch.preset_family)
+    return params_for(Registry(plugins=[kedsl_rome], entry_points=False).method("rome"), given, model).params
 
 
 def evaluate(model, records: list[dict[str, Any]], params: dict[str, Any], profile: bool = False) -> list[dict[str, Any]]:

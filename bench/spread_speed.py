@@ -32,7 +32,7 @@ def main() -> None:
     from kedsl.editing.request import EditRequest
     from kedsl.model.journal import WeightJournal
     from kedsl.model.loading import load_model
-    from kedsl.registry.params import resolve_params
+    from kedsl.registry.presets import params_for
     from kedsl.registry import Registry
     from kedsl.toolkit.context import context_templates
     from kedsl.toolkit.multilayer import SpreadReader, least_squares_update, spread_update
@@ -45,7 +45,7 @@ def main() -> None:
         reqs += known_facts_with_new_targets(args.edits - len(reqs))
     model = load_model("smollm2-135m", {})
     spec = Registry(plugins=[kedsl_memit], entry_points=False).method("memit")
-    cfg = MEMITConfig.from_params(resolve_params(spec.params, {}, spec.presets, model.arch.preset_family))
+    cfg = MEMITConfig.from_params(params_for(spec, {}, model).params)
     templates = context_templates(model, cfg.context_lengths, cfg.context_count, cfg.seed)
     mom2 = {l: second_moment(model, l, cfg.stats_corpus, cfg.mom2_samples, cfg.seed) for l in cfg.layers}
     h = SpreadReader(model, reqs, cfg.layers, templates).read()
