@@ -31,9 +31,9 @@ def timed(method: str, args: argparse.Namespace) -> dict:
     cmd = [str(Path(sys.executable).with_name("kedsl")), "bench", str(ZSRE), "--method", method, "--split", "tune",
            "--limit", str(args.limit), "--metrics", "efficacy,generalization,locality", "--json", str(out)]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     record = json.loads(out.read_text())
-    seconds = [c["seconds"] for c in record["cases"] if c["status"] == "ok"]
+    seconds = [c["seconds"] for c in record["cases"] if c["error"] is None and c["seconds"] is not None]
     return {"median": statistics.median(seconds), "mean": statistics.mean(seconds), **record["aggregate"]}
 
 

@@ -267,3 +267,26 @@ def test_value_residuals_invert_gemmas_norm_on_the_mlp_output(tiny_gemma3):
     with torch.no_grad():
         naive = norm((values + residuals).T).T - normed
     assert float(torch.nn.functional.cosine_similarity(naive, residuals, dim=0).mean()) < float(cos.mean())
+
+
+def test_gemmas_target_search_is_bounded_by_the_normed_mlp_output(tiny_gemma3):
+    """On Gemma the search's δ is added where the normed MLP output joins the residual
+    stream and clamped relative to that output, not to the (much larger) residual stream:
+    so z − h never asks the spread for more than an MLP output can give."""
+    from kedsl.toolkit.activations import read_at
+    from kedsl.toolkit.multilayer import current_outputs, search_path, search_targets
+    from kedsl.toolkit.optimize import ValueSearchConfig
+    from kedsl.toolkit.tokens import encode_with_subject
+
+    model = tiny_gemma3
+    layer, clamp = 2, 0.5
+    assert search_path(model, layer) == model.arch.mlp_out_norm.format(layer)
+    reqs = REQUESTS[:2]
+    found = search_targets(model, reqs, ["{}"], layer, ValueSearchConfig(steps=15, lr=2.0, clamp_norm_factor=clamp))
+    h = current_outputs(model, layer, reqs)
+    encs = [encode_with_subject(model.tokenizer, r.prompt, r.subject) for r in reqs]
+    normed = read_at(model, search_path(model, layer), [e.input_ids for e in encs], [e.subject_last for e in encs], "output").float().T
+    delta = (found.z - h).norm(dim=0)
+    assert bool((delta > 0).all())
+    assert bool((delta <= clamp * normed.norm(dim=0) * (1 + 1e-3)).all()), (delta, normed.norm(dim=0))
+    assert bool((normed.norm(dim=0) < 0.5 * h.norm(dim=0)).all())  # the bound that matters is the smaller one

@@ -50,6 +50,19 @@ def residual_path(model: LoadedModel, layer: int) -> str:
     return f"{model.arch.layers}.{layer}"
 
 
+def search_path(model: LoadedModel, layer: int) -> str:
+    """Where the target search adds its ``δ``: the residual stream after ``layer``, or,
+    where the block norms the MLP output before adding it (``arch.mlp_out_norm``, Gemma),
+    that normed output. The two add to the residual stream alike, but the norm bounds what
+    the MLP can contribute: a ``δ`` clamped relative to the whole residual stream (whose
+    norm is far larger there) asks the spread for a change no MLP output can make, and
+    the least-squares update that tries wrecks every other prompt (measured on Gemma 3
+    270M: locality 0.00)."""
+    if model.arch.mlp_out_norm is not None:
+        return model.arch.mlp_out_norm.format(layer)
+    return residual_path(model, layer)
+
+
 def compute_keys(model: LoadedModel, layer: int, requests: Sequence[EditRequest], templates: Sequence[str]) -> torch.Tensor:
     """``K``: for each request, the mean over templates of layer ``layer``'s MLP output
     projection input at the subject's last token; one batched pass, float32 ``(d_in, n)``."""
@@ -104,20 +117,26 @@ def search_targets(
     chunk: int = 0,
 ) -> Targets:
     """``z`` for every request: the residual stream after ``last_layer`` that makes the
-    model say its target. Facts are searched ``chunk`` at a time (0: all together); the
-    search's memory grows with the rows of a chunk (facts × templates)."""
+    model say its target (``h + δ``, ``δ`` searched at :func:`search_path`). Facts are
+    searched ``chunk`` at a time (0: all together); the search's memory grows with the
+    rows of a chunk (facts × templates)."""
     facts = [Fact(r.prompt, r.subject, r.target) for r in requests]
     size = chunk or len(facts)
+    path = search_path(model, last_layer)
     parts = []
     for i in range(0, len(facts), size):
-        part = search_values(model, residual_path(model, last_layer), facts[i : i + size], templates, config)
+        part = search_values(model, path, facts[i : i + size], templates, config)
         log.info(
             "target search: facts %d-%d of %d, %d steps, %.1fs, mean target prob %.3f",
             i, i + len(part.target_prob) - 1, len(facts), part.steps, part.seconds, sum(part.target_prob) / len(part.target_prob),
         )
         parts.append(part)
+    if path == residual_path(model, last_layer):
+        z = torch.cat([p.targets for p in parts]).float().T.contiguous()
+    else:  # δ was added to the normed MLP output, which the block adds to the residual stream
+        z = current_outputs(model, last_layer, requests) + torch.cat([p.deltas for p in parts]).float().T
     return Targets(
-        z=torch.cat([p.targets for p in parts]).float().T.contiguous(),
+        z=z.contiguous(),
         steps=max(p.steps for p in parts),
         seconds=sum(p.seconds for p in parts),
         loss=[p.loss for p in parts],

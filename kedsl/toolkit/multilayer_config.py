@@ -31,7 +31,12 @@ class MultiLayerConfig(MethodConfig):
     v_weight_decay: float = param(0.5, "penalty on ||delta||^2 / ||h||^2 in the target search", min=0.0)
     v_nll_tol: float = param(0.05, "a fact's target search stops once its target NLL is below this and the plain prompt says the target", min=0.0)
     kl_factor: float = param(0.0625, "weight of the KL term keeping '{subject} is a' predictions", min=0.0)
-    clamp_norm_factor: float = param(0.75, "bound on ||delta|| relative to the residual stream's norm at the subject", min=0.0)
+    clamp_norm_factor: float = param(
+        0.75,
+        "bound on ||delta|| relative to the residual stream's norm at the subject "
+        "(where the block norms the MLP output before the residual, as Gemma does: relative to that normed output)",
+        min=0.0,
+    )
     context_count: int = param(5, "generated context templates per length (0: plain prompt only)", min=0, max=50)
     context_lengths: list[int] = param([5, 10], "token lengths of the generated context templates")
     seed: int | None = param(None, "seed for context templates and the statistics corpus (default: the run's seed)", min=0)

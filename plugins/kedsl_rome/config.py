@@ -44,6 +44,18 @@ PRESETS = (
             "(the MLP output there has norm ~35), lr 5.0 reached 0.07. See kedsl_rome.rome.LAYER_SWEEP"
         ),
     ),
+    Preset(
+        model="gemma3-270m",
+        values={"layer": 2, "clamp_norm_factor": 2.0},
+        measured_by=(
+            "Gemma 3 270M, ZsRE tuning records 0-14, single edits (bench/preset_sweep.py --model gemma3-270m "
+            "--method rome --limit 15; bench/results/presets/gemma3-270m/rome), efficacy/generalization/locality: "
+            "layer 1 0.827/0.711/0.889, layer 2 0.933/0.870/0.882, layer 3 1.000/0.872/0.730, layer 4 0.973/0.837/0.944; "
+            "layer 2 with clamp_norm_factor 2 0.957/0.890/0.954, with mom2_update_weight 50000 0.983/0.881/0.849. "
+            "Layer 4 also keeps locality on ZsRE but moves every 'located in the city of' subject (the Louvre too) "
+            "to Rome; layer 2 with the tighter clamp keeps the Louvre in Paris"
+        ),
+    ),
 )
 
 #: For models without a measured preset: the same fraction of depth as the measured
