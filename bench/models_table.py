@@ -31,7 +31,7 @@ def run_cell(model: str, cell: str, args: argparse.Namespace, params: list[str])
     (``rome+layer=auto``): a variant gets its own row."""
     method, *own = cell.split("+")
     params = params + own
-    out = args.out / model / f"{cell}.json"
+    out = args.out / (model + (f"@{args.dtype}" if args.dtype else "")) / f"{cell}.json"
     if out.is_file():
         return
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +40,8 @@ def run_cell(model: str, cell: str, args: argparse.Namespace, params: list[str])
            "--limit", str(args.limit), "--metrics", METRICS, "--json", str(out) + ".partial"]  # fmt: skip
     for p in params:
         cmd += ["--param", p]
+    if args.dtype:
+        cmd += ["--dtype", args.dtype]
     print(f"{time.strftime('%H:%M:%S')} {model} x {method}: {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd)
@@ -78,6 +80,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--param", action="append", default=[], help="METHOD.NAME=VALUE (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/models"))
+    ap.add_argument("--dtype", help="load the weights in this dtype (bfloat16, float16); its cells go to OUT/<model>@<dtype>/")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     if not args.table_only:

@@ -216,6 +216,10 @@ class SpreadReader:
         return first_tensor(outs[-1])[:, last_col].float()
 
 
+#: The ridge of :func:`value_residuals`' inverse scale, relative to the mean squared scale.
+RIDGE = 1e-2
+
+
 @torch.no_grad()
 def value_residuals(model: LoadedModel, layer: int, keys: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
     """The change of ``layer``'s MLP output projection output that moves the residual
@@ -223,8 +227,9 @@ def value_residuals(model: LoadedModel, layer: int, keys: torch.Tensor, residual
 
     Where the block adds that output as it is, the two are the same. Where it norms it
     first (``arch.mlp_out_norm``: Gemma's RMSNorm ``N(v) = g ⊙ v / rms(v)``), the
-    change is ``rms(v) · r ⊘ g``: it turns ``N(v)`` exactly towards ``N(v) + r``, and
-    the norm keeps the length (each spread pass closes part of what remains)."""
+    change is ``rms(v) · r ⊘ g`` (to first order; regularised where ``g`` is near zero):
+    it turns ``N(v)`` towards ``N(v) + r``, and the norm keeps the length (each spread
+    pass closes part of what remains)."""
     if model.arch.mlp_out_norm is None:
         return residuals
     norm = model.module(model.arch.mlp_out_norm.format(layer))
@@ -232,9 +237,13 @@ def value_residuals(model: LoadedModel, layer: int, keys: torch.Tensor, residual
     values = (w.T if model.arch.transposed else w) @ keys.float()  # (d_out, n)
     ones = torch.ones(1, values.shape[0], device=values.device, dtype=model.dtype)
     gain = norm(ones).float()[0]  # g: the norm of a vector of ones is its scale
-    gain = torch.where(gain.abs() < 1e-3, torch.full_like(gain, 1e-3).copysign(gain), gain)
     rms = values.pow(2).mean(0, keepdim=True).sqrt()
-    return rms * residuals.float() / gain[:, None]
+    # r ⊘ g, regularised: a real model's scales span orders of magnitude (Gemma 3 270M:
+    # from 0 to 600 in one layer), and dividing by a scale near zero asks for a huge change
+    # of v that the norm then turns into a wreck of every other prompt; the ridge leaves
+    # what such a dimension cannot carry to the next pass and the next layer
+    ridge = RIDGE * gain.pow(2).mean()
+    return rms * residuals.float() * (gain / (gain.pow(2) + ridge))[:, None]
 
 
 def spread_update(
