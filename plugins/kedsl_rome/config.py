@@ -56,6 +56,17 @@ PRESETS = (
             "to Rome; layer 2 with the tighter clamp keeps the Louvre in Paris"
         ),
     ),
+    Preset(
+        model="qwen2.5-coder-0.5b",
+        values={"layer": 3, "clamp_norm_factor": 2.0},
+        measured_by=(
+            "Qwen2.5-Coder-0.5B-Instruct, ZsRE tuning records 0-14, single edits (bench/preset_sweep.py --model "
+            "qwen2.5-coder-0.5b --method rome --limit 15; bench/results/presets/qwen2.5-coder-0.5b/rome), "
+            "efficacy/generalization/locality: layer 2 1.000/1.000/0.893, layer 3 1.000/0.964/0.909, layer 5 "
+            "1.000/0.907/0.873, layer 8 1.000/0.779/0.853; layer 3 with clamp_norm_factor 2 1.000/0.911/0.953, with "
+            "mom2_update_weight 50000 1.000/0.991/0.873"
+        ),
+    ),
 )
 
 #: For models without a measured preset: the same fraction of depth as the measured
