@@ -84,6 +84,24 @@ FT_M_PRESETS = (
             "--param layer=20); only one layer tried so far (EasyEdit's 2/3 of depth), no sweep yet"
         ),
     ),
+    Preset(
+        model="gemma3-270m",
+        values={"layer": 15},
+        measured_by=(
+            "Gemma 3 270M, ZsRE tuning records 0-9, single edits (bench/preset_sweep.py --model gemma3-270m --method ft_m "
+            "--param layer --limit 10; bench/results/presets/gemma3-270m/ft_m), efficacy/generalization/locality: "
+            "layer 8 1.000/1.000/0.718, 12 1.000/1.000/0.657, 15 1.000/1.000/0.847, 17 1.000/1.000/0.592"
+        ),
+    ),
+    Preset(
+        model="qwen2.5-coder-0.5b",
+        values={"layer": 20},
+        measured_by=(
+            "Qwen2.5-Coder-0.5B-Instruct, ZsRE tuning records 0-9, single edits (bench/preset_sweep.py --model "
+            "qwen2.5-coder-0.5b --method ft_m --param layer --limit 10; bench/results/presets/qwen2.5-coder-0.5b/ft_m), "
+            "efficacy/generalization/locality: layer 12 1.000/1.000/0.337, 16 1.000/1.000/0.620, 20 1.000/1.000/0.880"
+        ),
+    ),
 )
 
 #: For models without a measured preset: the same fraction of depth as the measured
