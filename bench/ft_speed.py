@@ -38,7 +38,6 @@ def timed(method: str, args: argparse.Namespace) -> dict:
 
 
 def profile(n: int, method: str) -> None:
-    import torch
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     from kedsl.editing.outcome import EditContext
@@ -64,7 +63,6 @@ def profile(n: int, method: str) -> None:
         outcome.undo(model)
         print(f"--- {method}, record {i}: {outcome.info.get('steps')} steps, {outcome.info.get('seconds', 0):.2f}s")
         print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15))
-    del torch
 
 
 def main() -> None:

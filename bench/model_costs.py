@@ -75,9 +75,8 @@ def measure(alias: str, threads: int) -> dict:
 def preset_cost(alias: str, presets: Path) -> tuple[float, int]:
     """Seconds of editing the preset sweeps spent on this model (cases x s/edit; loading and
     scoring not counted) and the number of settings tried."""
-    cells = list((presets / alias).glob("*/*.json"))
-    secs = sum(json.loads(p.read_text())["aggregate"]["seconds_per_edit"] * json.loads(p.read_text())["aggregate"]["cases"] for p in cells)
-    return secs, len(cells)
+    aggregates = [json.loads(p.read_text())["aggregate"] for p in (presets / alias).glob("*/*.json")]
+    return sum(a["seconds_per_edit"] * a["cases"] for a in aggregates), len(aggregates)
 
 
 def main() -> None:

@@ -206,18 +206,12 @@ def _json_table(text: str, name: str) -> Table:
     except json.JSONDecodeError as exc:
         raise DataFileError(f"{name} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
                             "a JSON data file is an array of objects, one per fact", "bad-data-file") from None  # fmt: skip
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if isinstance(data, dict) and _sanitation_parts(data) is not None:
-        try:
-            return _records_table("json", list(_sanitation_records(Path(name), data)), [])
-        except DataError as exc:
-            raise DataFileError(exc.message, exc.hint, "bad-data-file") from None
-    if not isinstance(data, list):
-        raise DataFileError(f"{name} holds a JSON {type(data).__name__}, not an array of objects",
-                            "a JSON data file is an array of objects, one per fact", "bad-data-file")  # fmt: skip
+    try:
+        values = _document_records(Path(name), data)
+    except DataError as exc:
+        raise DataFileError(exc.message, exc.hint, "bad-data-file") from None
     problems: list[RowProblem] = []
-    return _records_table("json", [_object_row(i, value, problems) for i, value in enumerate(data, 1)], problems)
+    return _records_table("json", [_object_row(i, value, problems) for i, value in enumerate(values, 1)], problems)
 
 
 def _object_row(row: int, value: Any, problems: list[RowProblem]) -> dict[str, Any] | None:
@@ -290,14 +284,20 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                 f"{p} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
                 "benchmark files are a JSON array of records, or JSON Lines",
             ) from None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if isinstance(data, dict) and _sanitation_parts(data) is not None:
-            return _sanitation_records(p, data)
-        if not isinstance(data, list):
-            raise DataError(f"{p} holds a JSON {type(data).__name__}, not a list of records", "benchmark files are a JSON array of records")
-        recs = data
+        recs = _document_records(p, data)
     return _check_objects(p, recs)
+
+
+def _document_records(p: Path, data: Any) -> list[Any]:
+    """The records of a parsed JSON document: an array, ``{"data": [...]}``, or
+    Sanitation's dict of two lists (one record per question to erase)."""
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if isinstance(data, dict) and _sanitation_parts(data) is not None:
+        return _sanitation_records(p, data)
+    if not isinstance(data, list):
+        raise DataError(f"{p} holds a JSON {type(data).__name__}, not a list of records", "a JSON data file is an array of records, one per fact")
+    return data
 
 
 def _sanitation_parts(data: dict[str, Any]) -> tuple[list[Any], list[Any]] | None:

@@ -546,8 +546,6 @@ def _listed(names: list[str], n: int = 12) -> str:
     return ", ".join(f"`{c}`" for c in names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
-
-
 def check(
     script: Script,
     registry: Any,

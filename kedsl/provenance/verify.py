@@ -241,11 +241,7 @@ def _verify_data_files(store: Store, events: list[dict[str, Any]], result: Verif
         if (file, sha) in checked:
             continue
         checked[(file, sha)] = True
-        blob = store.data_blob_path(sha)
-        if not blob.is_file():
-            result.error(f"run {entry['run_id']}: the kept content of data file {entry['path']} ({blob.name}) is missing from {store.blob_dir}")
-        elif _file_sha256(blob) != sha:
-            result.error(f"run {entry['run_id']}: the kept content of data file {entry['path']} ({blob.name}) was changed (SHA-256 mismatch)")
+        _check_blob(store, store.data_blob_path(sha), sha, f"run {entry['run_id']}: the kept content of data file {entry['path']}", result)
         now = _file_sha256(Path(file)) if Path(file).is_file() else None
         if now is None:
             result.warning(f"data file {file} (read by run {entry['run_id']}) is gone; the store keeps what the run read "
@@ -262,11 +258,7 @@ def _verify_blobs(store: Store, result: Verification) -> None:
         if sha in seen:
             continue
         seen.add(sha)
-        path = store.blob_path(sha)
-        if not path.is_file():
-            result.error(f"edit {row['id']}: its outcome blob {path.name} is missing from {store.blob_dir}")
-        elif _file_sha256(path) != sha:
-            result.error(f"edit {row['id']}: its outcome blob {path.name} was changed (SHA-256 mismatch)")
+        _check_blob(store, store.blob_path(sha), sha, f"edit {row['id']}: its outcome blob", result)
 
 
 def _verify_attachment_blobs(store: Store, result: Verification) -> None:
@@ -275,11 +267,15 @@ def _verify_attachment_blobs(store: Store, result: Verification) -> None:
             sha = rec.get("blob") if isinstance(rec, dict) else None
             if not sha:
                 continue
-            path = store.blob_path(sha)
-            if not path.is_file():
-                result.error(f"edit {row['id']}: its {rec.get('kind')} attachment blob {path.name} is missing from {store.blob_dir}")
-            elif _file_sha256(path) != sha:
-                result.error(f"edit {row['id']}: its {rec.get('kind')} attachment blob {path.name} was changed (SHA-256 mismatch)")
+            _check_blob(store, store.blob_path(sha), sha, f"edit {row['id']}: its {rec.get('kind')} attachment blob", result)
+
+
+def _check_blob(store: Store, path: Path, sha: str, what: str, result: Verification) -> None:
+    """An error when the blob ``what`` names is missing or no longer has its SHA-256."""
+    if not path.is_file():
+        result.error(f"{what} {path.name} is missing from {store.blob_dir}")
+    elif _file_sha256(path) != sha:
+        result.error(f"{what} {path.name} was changed (SHA-256 mismatch)")
 
 
 def _file_sha256(path: Path) -> str:
