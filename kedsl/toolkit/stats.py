@@ -67,9 +67,21 @@ def corpus_id(corpus: str, seed: int) -> str:
     return "ds-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in corpus)
 
 
-def stats_path(model: LoadedModel, layer: int, corpus: str, samples: int, seed: int = 0) -> Path:
+#: Where statistics are taken: the inputs of the MLP's output projection (the keys of the
+#: ROME family), or the MLP's input (what its input projections read: the normed hidden state).
+SITES = ("mlp_out", "mlp_in")
+
+
+def site_path(model: LoadedModel, layer: int, site: str = "mlp_out") -> str:
+    """The module whose input a site's statistics describe."""
+    if site not in SITES:
+        raise AssertionError(f"unknown statistics site {site!r}")
+    return (model.arch.mlp_out if site == "mlp_out" else model.arch.mlp).format(layer)
+
+
+def stats_path(model: LoadedModel, layer: int, corpus: str, samples: int, seed: int = 0, site: str = "mlp_out") -> Path:
     fp = base_fingerprint(model)[:16]
-    return stats_root() / f"{fp}-{model.arch.mlp_out.format(layer)}-{corpus_id(corpus, seed)}-n{samples}.safetensors"
+    return stats_root() / f"{fp}-{site_path(model, layer, site)}-{corpus_id(corpus, seed)}-n{samples}.safetensors"
 
 
 def _model_corpus_rows(model: LoadedModel, samples: int, seed: int) -> list[list[int]]:
@@ -133,10 +145,12 @@ def second_moments(
     seed: int = 0,
     batch_tokens: int = 4096,
     max_len: int = 256,
+    site: str = "mlp_out",
 ) -> dict[int, torch.Tensor]:
     """``{layer: C}`` with ``C = E[k kᵀ]`` (float32, on the model's device) of the MLP output
-    projection's inputs over ``samples`` tokens of ``corpus``. Cached on disk; layers not
-    cached are computed together in one pass over the corpus."""
+    projection's inputs (``site="mlp_in"``: of the MLP's inputs) over ``samples`` tokens of
+    ``corpus``. Cached on disk; layers not cached are computed together in one pass over
+    the corpus."""
     from safetensors.torch import load_file, save_file
 
     for l in layers:
@@ -144,7 +158,7 @@ def second_moments(
     out: dict[int, torch.Tensor] = {}
     missing = []
     for l in sorted(set(layers)):
-        path = stats_path(model, l, corpus, samples, seed)
+        path = stats_path(model, l, corpus, samples, seed, site)
         if path.exists():
             out[l] = load_file(str(path))["mom2"].to(model.device)
             log.debug("statistics cache hit: %s", path.name)
@@ -158,7 +172,7 @@ def second_moments(
     else:
         rows = _text_rows(model, corpus, samples, max_len)
 
-    paths = {l: model.arch.mlp_out.format(l) for l in missing}
+    paths = {l: site_path(model, l, site) for l in missing}
     sums: dict[int, torch.Tensor] = {}
     counts = {l: 0 for l in missing}
     deepest = model.layer(max(missing))
@@ -220,15 +234,15 @@ def second_moments(
         if counts[l] < samples:
             raise DataError(f"statistics corpus {corpus!r} gave {counts[l]} tokens; {samples} were asked for", "use a larger corpus")
         mom2 = (sums[l] / counts[l]).float().contiguous()
-        path = stats_path(model, l, corpus, samples, seed)
+        path = stats_path(model, l, corpus, samples, seed, site)
         tmp = path.with_name(path.name + ".tmp")
-        save_file({"mom2": mom2.cpu()}, str(tmp), metadata={"count": str(counts[l]), "corpus": corpus, "layer": str(l)})
+        save_file({"mom2": mom2.cpu()}, str(tmp), metadata={"count": str(counts[l]), "corpus": corpus, "layer": str(l), "site": site})
         tmp.replace(path)
         out[l] = mom2.to(model.device)
     log.info("statistics for layers %s done in %.1fs", missing, time.perf_counter() - t0)
     return out
 
 
-def second_moment(model: LoadedModel, layer: int, corpus: str = MODEL_CORPUS, samples: int = 32768, seed: int = 0) -> torch.Tensor:
+def second_moment(model: LoadedModel, layer: int, corpus: str = MODEL_CORPUS, samples: int = 32768, seed: int = 0, site: str = "mlp_out") -> torch.Tensor:
     """``C`` for one layer (see :func:`second_moments`)."""
-    return second_moments(model, [layer], corpus, samples, seed)[layer]
+    return second_moments(model, [layer], corpus, samples, seed, site=site)[layer]
