@@ -111,6 +111,8 @@ class UltraEdit(Method):
         new_state: dict[str, torch.Tensor] = {}
         tokens = 0
         for step in range(cfg.steps):
+            if context.progress is not None and cfg.steps > 1:
+                context.progress(f"ultraedit step {step + 1}/{cfg.steps} over {len(requests)} request(s)")
             factors = self._factors(model, requests, modules)
             for name in names:
                 x, d = factors[name]
