@@ -31,6 +31,7 @@ def revert(
     force: bool = False,
     argv: list[str] | None = None,
     registry: Registry | None = None,
+    sign: str | Path | None = None,
 ) -> dict[str, Any]:
     """Remove exactly ``edit_id``'s outcome from the model in ``model_dir``; save the result
     to ``out_dir`` and record it as a run of kind ``revert``.
@@ -44,7 +45,8 @@ def revert(
 
     from ..model.journal import WeightChange
     from ..model.loading import load_saved_model
-    from ..model.saving import save_model
+    from ..provenance.attestation import save_attested
+    from ..provenance.signing import Signer
 
     edit = store.edit(edit_id)
     if edit is None:
@@ -69,6 +71,7 @@ def revert(
     out = Path(out_dir).expanduser().absolute()
     if out == Path(model_dir).expanduser().absolute():
         raise UsageError("--out must differ from --model", "revert writes a new directory and keeps the original")
+    signer = Signer.from_file(sign) if sign is not None else None
     outcome = store.load_outcome(edit["outcome_sha256"]) if edit["outcome_sha256"] else {}
     registry = registry or get_registry()
     model = load_saved_model(model_dir, registry)
@@ -121,7 +124,7 @@ def revert(
             "edits": [{"id": rev_id, "subject": edit["subject"], "method": "revert", "status": "applied",
                        "prompt": f"revert {edit_id}", "target": "", "expectations": []}],
         }  # fmt: skip
-        save_model(model, out, provenance)
+        save_attested(store, run_id, model, out, provenance, signer=signer)
         status = "ok"
         return {"run_id": run_id, "edit_id": rev_id, "reverted": edit_id, "also_reverted": sharing, "modes": modes,
                 "fingerprint_before": fp_before, "fingerprint_after": fp_after, "saved_to": str(out)}  # fmt: skip
