@@ -892,19 +892,23 @@ def show(ident: str, db: str | None, as_json: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Where to save the reverted model.")
 @click.option("--db", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
 @click.option("--force", is_flag=True, help="Subtract the edit even if the log does not place it in the model's history.")
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False), default=None, help="Sign the result with this private key (PEM).")
 @handle_errors
-def revert(edit_id: str, model_dir: str, out: str, db: str | None, force: bool) -> None:
-    """Remove exactly one edit from a saved model (later edits are kept); record it as a run."""
+def revert(edit_id: str, model_dir: str, out: str, db: str | None, force: bool, sign_key: str | None) -> None:
+    """Remove exactly one edit from a saved model (later edits are kept); record it as a run.
+    A member of a batch is removed by recomputing the batch without it."""
     from .api.history import revert as revert_edit
     from .provenance.store import Store
 
     with Store.open(_audit_db_path(db, model_dir), create=False) as store:
-        res = revert_edit(store, edit_id, model_dir, out, force=force, argv=sys.argv)
+        res = revert_edit(store, edit_id, model_dir, out, force=force, argv=sys.argv, sign=sign_key)
     for name, mode in sorted(res["modes"].items()):
         note = "restored bit-exactly" if mode == "restored" else "changed again later: delta subtracted (not bit-exact)"
         click.echo(f"{name}: {note}")
-    if res["also_reverted"]:
-        click.echo(f"note: {edit_id} was one call with {', '.join(res['also_reverted'])} (a batch): they are reverted too")
+    if res.get("recomputed"):
+        click.echo(f"note: {edit_id} was one of a batch with {', '.join(res['batch'])}; a batch is one update, so this is a "
+                   "RECOMPUTE: the run was run again from its recorded script, seed, base model and data without this edit "
+                   "(not a subtraction)")  # fmt: skip
     click.echo(f"run {res['run_id']}: reverted {edit_id}; saved to {res['saved_to']} (fingerprint {res['fingerprint_after'][:16]})")
 
 
@@ -912,15 +916,16 @@ def revert(edit_id: str, model_dir: str, out: str, db: str | None, force: bool) 
 @click.argument("run_id")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Where to save the replayed model.")
 @click.option("--db", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False), default=None, help="Sign the result with this private key (PEM).")
 @handle_errors
-def replay(run_id: str, out: str, db: str | None) -> None:
+def replay(run_id: str, out: str, db: str | None, sign_key: str | None) -> None:
     """Rerun a recorded run's script on its recorded base model; say whether the result
     has the recorded fingerprint (exit 0 if it does, 1 if not)."""
     from .api.history import replay as replay_run
     from .provenance.store import Store
 
     with Store.open(_audit_db_path(db), create=False) as store:
-        res = replay_run(store, run_id, out, argv=sys.argv)
+        res = replay_run(store, run_id, out, argv=sys.argv, sign=sign_key)
     for name, (was, now) in res["version_differences"].items():
         click.echo(f"note: {name} was {was}, now {now}", err=True)
     verdict = "MATCHES" if res["matches"] else "DIFFERS FROM"
