@@ -96,7 +96,8 @@ def _export_html(runs: list[dict[str, Any]], check: Verification, store: Store) 
     e = html.escape
 
     def kv_table(pairs: list[tuple[str, Any]]) -> str:
-        rows = "".join(f"<tr><th>{e(k)}</th><td class=mono>{e('' if v is None else str(v))}</td></tr>" for k, v in pairs)
+        # Fields a run does not have (a revert has no script, an apply reverts nothing) are left out.
+        rows = "".join(f"<tr><th>{e(k)}</th><td class=mono>{e(str(v))}</td></tr>" for k, v in pairs if v not in (None, "", "null"))
         return f"<table>{rows}</table>"
 
     parts = [
