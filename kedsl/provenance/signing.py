@@ -238,8 +238,12 @@ def sign_directory_keyless(model_dir: str | os.PathLike[str], *, use_staging: bo
 
     d = Path(model_dir)
     config = signing.Config().set_hashing_config(_hashing_config())
-    config.use_sigstore_signer(use_staging=use_staging, use_ambient_credentials=True)
-    config.sign(d, d / SIGNATURE_FILE)
+    try:
+        config.use_sigstore_signer(use_staging=use_staging, use_ambient_credentials=True)
+        config.sign(d, d / SIGNATURE_FILE)
+    except Exception as exc:  # no network, no identity, a refused token: sigstore's own errors
+        raise UsageError(f"keyless signing with sigstore failed: {type(exc).__name__}: {exc}",
+                         "keyless signing needs network access to sigstore and an OIDC identity; offline, sign with --key KEY") from None  # fmt: skip
     return d / SIGNATURE_FILE
 
 
