@@ -153,6 +153,24 @@ def test_one_byte_changed_in_any_file_is_caught_and_named(signed, tmp_path, name
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("how", ["flip", "garbage"])
+def test_a_changed_attestation_or_signature_file_is_caught(signed, tmp_path, how):
+    model, env = _copy(signed, tmp_path)
+    for name in ("kedsl.intoto.json", "model.sig"):
+        original = (model / name).read_bytes()
+        data = bytearray(original)
+        data[len(data) // 2] ^= 0x01
+        (model / name).write_bytes(bytes(data) if how == "flip" else b"{not json")
+        proc = _verify(model, env, signed["pub"])
+        assert proc.returncode in (ATTACK_EXIT, int(ExitCode.SIGNATURE)), (name, proc.stdout, proc.stderr)
+        assert name in proc.stdout and "Traceback" not in proc.stderr, (name, proc.stdout, proc.stderr)
+        if name == "kedsl.intoto.json":  # the log recorded its statement: caught without the key too
+            proc = _verify(model, env, None)
+            assert proc.returncode == ATTACK_EXIT and "kedsl.intoto.json" in proc.stdout, proc.stdout + proc.stderr
+        (model / name).write_bytes(original)
+    assert _verify(model, env, signed["pub"]).returncode == 0
+
+
 def test_a_signature_from_another_key_is_caught(signed, tmp_path):
     model, env = _copy(signed, tmp_path)
     proc = _verify(model, env, signed["other_pub"])

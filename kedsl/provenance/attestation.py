@@ -197,6 +197,11 @@ def build_statement(store: Store, run_id: str, files: dict[str, str], fingerprin
     }
 
 
+def _payload_sha256(found: tuple[dict[str, Any], dict[str, Any]]) -> str:
+    """The SHA-256 of the statement bytes an envelope holds (what the log records)."""
+    return hashlib.sha256(envelope_payload(found[0])).hexdigest()
+
+
 def write_attestation(
     store: Store, run_id: str, directory: Path, final_path: Path, fingerprint: str, signer: Signer | None = None
 ) -> None:
@@ -216,13 +221,24 @@ def _write_envelope(directory: Path, env: dict[str, Any]) -> None:
     (directory / STATEMENT_FILE).write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
 
 
+class UnreadableStatement(Exception):
+    """A model directory's statement file exists but is not a readable DSSE envelope."""
+
+
 def read_statement(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """``(envelope, statement)`` of a model directory; None when it has no statement."""
+    """``(envelope, statement)`` of a model directory; None when it has no statement;
+    :class:`UnreadableStatement` when the file is not an envelope of a JSON statement."""
     path = Path(directory) / STATEMENT_FILE
     if not path.is_file():
         return None
-    env = json.loads(path.read_text(encoding="utf-8"))
-    return env, json.loads(envelope_payload(env))
+    try:
+        env = json.loads(path.read_text(encoding="utf-8"))
+        statement = json.loads(envelope_payload(env))
+        if not isinstance(statement, dict):
+            raise ValueError("the payload is not a JSON object")
+        return env, statement
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # bad JSON, bad base64, not a dict
+        raise UnreadableStatement(f"{STATEMENT_FILE} is not a readable attestation ({exc})") from None
 
 
 def sign_saved(store: Store, directory: str | os.PathLike[str], signer: Signer | None) -> dict[str, Any]:
@@ -236,13 +252,16 @@ def sign_saved(store: Store, directory: str | os.PathLike[str], signer: Signer |
     d = Path(directory).absolute()
     run_id = ((read_model_record(d) or {}).get("provenance") or {}).get("run_id")
     recorded = store.saved_files(run_id, d) if run_id else None
-    found = read_statement(d)
+    try:
+        found = read_statement(d)
+    except UnreadableStatement as exc:
+        raise UsageError(f"{d} is not what run {run_id} saved, so kedsl will not sign it: {exc}") from None
     if recorded is None or found is None:
         raise UsageError(f"{d} was saved without per-file records (by an older kedsl, or not by kedsl)",
                          "replay its run (kedsl replay RUN --out DIR --sign KEY) to get a signable directory")  # fmt: skip
     problems = compare_files(directory_digests(d), recorded["files"], "log")
     payload = envelope_payload(found[0])
-    if hashlib.sha256(payload).hexdigest() != recorded["statement_sha256"]:
+    if _payload_sha256(found) != recorded["statement_sha256"]:
         problems.append(f"{STATEMENT_FILE} was changed: its statement is not the one the log recorded")
     if problems:
         raise UsageError(f"{d} is not what run {run_id} saved, so kedsl will not sign it: " + "; ".join(problems),
@@ -266,11 +285,15 @@ def verify_files(store: Store, model_dir: Path, run_id: str, result: "Verificati
         result.note(f"the log has no per-file record of {model_dir} (saved by an older kedsl): only the weights are checked")
         return True
     problems = compare_files(directory_digests(model_dir), recorded["files"], "log")
-    found = read_statement(model_dir)
-    if found is None:
-        problems.append(f"{STATEMENT_FILE} is missing")
-    elif hashlib.sha256(envelope_payload(found[0])).hexdigest() != recorded["statement_sha256"]:
-        problems.append(f"{STATEMENT_FILE} holds another statement than the one the log recorded for this save")
+    try:
+        found = read_statement(model_dir)
+    except UnreadableStatement as exc:
+        found, problems = None, problems + [str(exc)]
+    else:
+        if found is None:
+            problems.append(f"{STATEMENT_FILE} is missing")
+        elif _payload_sha256(found) != recorded["statement_sha256"]:
+            problems.append(f"{STATEMENT_FILE} holds another statement than the one the log recorded for this save")
     for p in problems:
         result.error(f"{model_dir}: {p} (changed outside kedsl)")
     return not problems
@@ -291,7 +314,11 @@ def verify_signed(
     from .signing import load_public_key
 
     key = load_public_key(public_key) if public_key is not None else None  # a key error before anything else
-    found = read_statement(model_dir)
+    try:
+        found = read_statement(model_dir)
+    except UnreadableStatement as exc:
+        result.error(f"{model_dir}: {exc}: it was changed after signing")
+        return
     if found is None:
         result.error(f"{model_dir} has no {STATEMENT_FILE}: it carries no attestation", category="signature")
         return
