@@ -5,6 +5,7 @@ in-process models; bench/batch_revert_smollm2.py does the same on SmolLM2."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from conftest import make_tiny_llama, sharpen
@@ -79,6 +80,15 @@ def test_reverting_a_batch_member_equals_a_fresh_run_without_it(base, tmp_path, 
         from kedsl.model.saving import STATE_FILE
 
         assert (tmp_path / "reverted" / STATE_FILE).read_bytes() == (tmp_path / "fresh" / STATE_FILE).read_bytes()
+        # The method state is one of the files a save records: a changed one is named.
+        changed = tmp_path / "changed"
+        shutil.copytree(tmp_path / "reverted", changed)
+        data = bytearray((changed / STATE_FILE).read_bytes())
+        data[-1] ^= 0x01
+        (changed / STATE_FILE).write_bytes(bytes(data))
+        with Store.open(db, readonly=True) as store:
+            check = verify_model(store, changed)
+        assert not check.ok and any(f"{STATE_FILE} was changed" in f.message for f in check.findings)
     with Store.open(db, readonly=True) as store:
         assert verify_log(store).ok and verify_model(store, tmp_path / "reverted").ok
 

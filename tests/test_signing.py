@@ -352,3 +352,31 @@ def test_keygen_and_verify_without_model_do_not_import_torch(command, tmp_path):
     proc = run_without_torch(argv)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert command[0] != "keygen" or (tmp_path / "key.pub").is_file()
+
+
+def test_the_statement_records_data_files_trained_editors_and_the_runs_before(tmp_path):
+    from kedsl.provenance.attestation import build_statement
+    from kedsl.provenance.store import Store
+
+    with Store.open(tmp_path / "k.db") as store:
+        first = store.begin_run(script_text="a", fingerprint_before="f0", model_ref="base", versions={"kedsl": "1", "plugins": {"p": "2"}})
+        sha = store.record_data_file(first, b"subject,prompt,target\nS,p S,T\n", path="facts.csv", file="/d/facts.csv",
+                                     display="facts.csv", format="csv", layout=None, rows=1)  # fmt: skip
+        store.record_edit(first, 0, "S", {"prompt": "p S", "target": "T"}, "rome", {"layer": 3}, "applied", 0.1, {}, "b" * 64, [],
+                          data_sha256=sha, data_row=1)  # fmt: skip
+        store.end_run(first, "ok", fingerprint_after="f1")
+        second = store.begin_run(script_text="b", fingerprint_before="f1", model_ref="/m/a")
+        store.record_edit(second, 0, "X", {"prompt": "p X", "target": "Y"}, "mend", {}, "applied", 0.1,
+                          {"editor": "/editors/mend", "editor_sha256": "e" * 64}, "c" * 64, [])  # fmt: skip
+        statement = build_statement(store, second, {"config.json": "d" * 64}, "f2")
+    p = statement["predicate"]
+    deps = {d["name"]: d for d in p["buildDefinition"]["resolvedDependencies"]}
+    assert deps["model:base"]["uri"] == "base" and deps["model:base"]["digest"] == {"sha256": "f0"}
+    assert deps[f"run:{first}"]["digest"] == {"sha256": "f1"}  # the run whose output this run edited
+    assert deps["data:facts.csv"]["digest"] == {"sha256": sha} and deps["data:facts.csv"]["annotations"]["rows"] == 1
+    assert deps["editor:/editors/mend"]["digest"] == {"sha256": "e" * 64}
+    edits = [b for b in p["runDetails"]["byproducts"] if b["name"].startswith("edit:")]
+    assert [e["name"] for e in edits] == [f"edit:{first}-e0", f"edit:{second}-e0"]  # the whole lineage, oldest first
+    assert edits[0]["annotations"]["data_sha256"] == sha and edits[0]["annotations"]["data_row"] == 1
+    assert statement["subject"] == [{"name": "config.json", "digest": {"sha256": "d" * 64}}]
+    assert p["buildDefinition"]["internalParameters"]["fingerprint_after"] == "f2"
