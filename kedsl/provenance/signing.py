@@ -86,7 +86,7 @@ def load_private_key(path: str | os.PathLike[str]) -> Any:
         key = serialization.load_pem_private_key(data, password.encode() if password else None)
     except TypeError:
         raise SigningKeyError(f"{p} is encrypted", f"set ${PASSWORD_ENV} to its password") from None
-    except (ValueError, Exception) as exc:  # cryptography raises several types for bad PEM
+    except Exception as exc:  # cryptography raises several types for a bad PEM file
         raise SigningKeyError(f"{p} is not a readable PEM private key ({exc})", _KEY_HINT) from None
     _check_curve(key, p, "private key")
     return key
@@ -103,7 +103,7 @@ def load_public_key(path: str | os.PathLike[str]) -> Any:
         raise SigningKeyError(f"{p} is a private key; verifying takes the public key", "pass KEY.pub (kedsl keygen writes it)")
     try:
         key = serialization.load_pem_public_key(data)
-    except (ValueError, Exception) as exc:
+    except Exception as exc:  # cryptography raises several types for a bad PEM file
         raise SigningKeyError(f"{p} is not a readable PEM public key ({exc})", _KEY_HINT) from None
     _check_curve(key, p, "public key")
     return key

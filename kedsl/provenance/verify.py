@@ -6,8 +6,11 @@
   Data files the runs read (``edits from``) are checked too: their kept content still has
   its hash (an error if not), and the file on disk still holds what the run read (a
   warning if it changed or is gone: the run and its replay use the kept content).
-- :func:`verify_model` recomputes a model directory's fingerprint and compares it with the
-  fingerprint the log says that directory should have (it loads the model: torch).
+- :func:`verify_model` checks every file of a model directory against the SHA-256 the log
+  recorded when the directory was written (naming a changed, missing or added file),
+  recomputes its fingerprint and compares it with the fingerprint the log says that
+  directory should have (it loads the model: torch); given a public key, it also checks
+  the directory's signature and signed attestation (:mod:`kedsl.provenance.attestation`).
 
 Limits, stated plainly: the chain proves the log was not edited *unless* the editor
 rewrote every hash after the change and the anchor as well (anyone with write access to
@@ -342,6 +345,14 @@ def verify_model(
     files_ok = verify_files(store, d, expected["run_id"], result)
     if public_key is not None or identity is not None:
         verify_signed(store, d, prov.get("run_id"), result, public_key, identity, oidc_issuer)
+    head = prov.get("log_head")
+    if head:
+        if store.event_hash_at(head["event"]) != head["hash"]:
+            result.error(
+                f"the log no longer holds event {head['event']} with the hash {model_dir} was saved with: "
+                "the log was rewritten or truncated after this model was saved",
+                head["event"],
+            )
     if not files_ok:  # the files that changed are named; loading changed files proves nothing more
         result.model = {**expected, "path": str(d), "actual": None, "matches": False}
         return result
@@ -360,14 +371,6 @@ def verify_model(
     elif record.get("fingerprint") != expected["fingerprint"]:
         result.error(f"{model_dir}/kedsl.json claims fingerprint {str(record.get('fingerprint'))[:16]}, "
                      f"but the log records {expected['fingerprint'][:16]} for run {expected['run_id']}")
-    head = prov.get("log_head")
-    if head:
-        if store.event_hash_at(head["event"]) != head["hash"]:
-            result.error(
-                f"the log no longer holds event {head['event']} with the hash {model_dir} was saved with: "
-                "the log was rewritten or truncated after this model was saved",
-                head["event"],
-            )
     if not expected["matches"]:
         result.error(
             f"the weights in {model_dir} have fingerprint {actual[:16]}, but the log says run {expected['run_id']} "
