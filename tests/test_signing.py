@@ -17,13 +17,12 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from test_audit import install_test_plugin, kedsl_env, run_kedsl, run_without_torch, save_tiny_base
+from test_audit import install_test_plugin, kedsl_env, rewrite_history, run_kedsl, run_without_torch, save_tiny_base
 
 from kedsl.errors import ExitCode
 
@@ -184,27 +183,30 @@ def test_a_signature_from_another_key_is_caught(signed, tmp_path):
 
 
 def test_a_rewritten_database_whose_chain_verifies_is_caught_against_the_signed_model(signed, tmp_path):
-    from kedsl.provenance.store import canonical_json, event_hash
-
     model, env = _copy(signed, tmp_path, with_db=True)
-    conn = sqlite3.connect(env["KEDSL_DB"])
-    # Rewrite history: the first edit's parameters, in the table and in its event, with every later hash and the anchor.
-    conn.execute("UPDATE edits SET params = replace(params, '\"amount\":0.01', '\"amount\":0.02')")
-    prev = "0" * 64
-    for row in conn.execute("SELECT id, run_id, at, kind, payload FROM events ORDER BY id").fetchall():
-        payload = row[4].replace('\\"amount\\":0.01', '\\"amount\\":0.02')
-        event = {"id": row[0], "run_id": row[1], "at": row[2], "kind": row[3], "payload": payload, "prev_hash": prev}
-        event["hash"] = event_hash(event)
-        conn.execute("UPDATE events SET payload = ?, prev_hash = ?, hash = ? WHERE id = ?", [payload, prev, event["hash"], row[0]])
-        prev = event["hash"]
-    conn.execute("UPDATE kedsl_meta SET value = ? WHERE key = 'head_hash'", [prev])
-    conn.commit()
-    conn.close()
-    assert canonical_json  # the rewrite used the store's own hashing
+
+    def double_amount(kind: str, payload: dict) -> None:  # the nudge edits' parameters, in their events
+        if kind == "edit":
+            payload["params"] = payload["params"].replace('"amount":0.01', '"amount":0.02')
+
+    rewrite_history(Path(env["KEDSL_DB"]), "UPDATE edits SET params = replace(params, '\"amount\":0.01', '\"amount\":0.02')", double_amount)
     assert run_kedsl(["verify"], env).returncode == 0  # the chain verifies on its own
     proc = _verify(model, env, signed["pub"])
     assert proc.returncode == ATTACK_EXIT, proc.stdout + proc.stderr
-    assert "the database was rewritten after" in proc.stdout and "params" in proc.stdout
+    assert "the database was rewritten after" in proc.stdout and "(params)" in proc.stdout
+
+
+def test_a_rewritten_run_in_the_database_is_caught_against_the_signed_model(signed, tmp_path):
+    model, env = _copy(signed, tmp_path, with_db=True)
+
+    def seed_seven(kind: str, payload: dict) -> None:
+        if kind == "run_started":
+            payload["seed"] = 7
+
+    rewrite_history(Path(env["KEDSL_DB"]), "UPDATE runs SET seed = 7", seed_seven)
+    assert run_kedsl(["verify"], env).returncode == 0
+    proc = _verify(model, env, signed["pub"])
+    assert proc.returncode == ATTACK_EXIT and "differs from the signed attestation (seed)" in proc.stdout, proc.stdout
 
 
 def test_a_deleted_attachment_is_caught(signed, tmp_path):

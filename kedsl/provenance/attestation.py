@@ -155,10 +155,19 @@ def lineage_record(store: Store, run_id: str) -> dict[str, Any]:
     return {"dependencies": deps, "edits": [edit_descriptor(store, e) for e in edits]}
 
 
-def _builder_version(versions: dict[str, Any]) -> dict[str, str]:
+def _run_parameters(run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """What a run was given (kind, script, seed, policy) and the versions it ran with, as
+    the statement records them."""
+    external = {
+        "kind": run.get("kind") or "apply",
+        "script": {"path": run.get("script_path"), "sha256": run.get("script_sha256"), "text": run.get("script_text")},
+        "seed": run.get("seed"), "on_fail": run.get("on_fail"),
+        "reverts_edit": run.get("reverts_edit"), "replay_of": run.get("replay_of"),
+    }  # fmt: skip
+    versions = _loads(run.get("versions") or "{}") or {}
     flat = {k: str(v) for k, v in versions.items() if k != "plugins" and v is not None}
     flat.update({f"plugin:{k}": str(v) for k, v in (versions.get("plugins") or {}).items()})
-    return flat
+    return external, flat
 
 
 def build_statement(store: Store, run_id: str, files: dict[str, str], fingerprint: str) -> dict[str, Any]:
@@ -168,12 +177,7 @@ def build_statement(store: Store, run_id: str, files: dict[str, str], fingerprin
     lineage = lineage_record(store, run_id)
     head = store.head()
     started = datetime.datetime.fromtimestamp(run.get("started") or 0, datetime.timezone.utc)
-    external = {
-        "kind": run.get("kind") or "apply",
-        "script": {"path": run.get("script_path"), "sha256": run.get("script_sha256"), "text": run.get("script_text")},
-        "seed": run.get("seed"), "on_fail": run.get("on_fail"),
-        "reverts_edit": run.get("reverts_edit"), "replay_of": run.get("replay_of"),
-    }  # fmt: skip
+    external, version = _run_parameters(run)
     return {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": name, "digest": {"sha256": sha}} for name, sha in sorted(files.items())],
@@ -186,7 +190,7 @@ def build_statement(store: Store, run_id: str, files: dict[str, str], fingerprin
                 "resolvedDependencies": lineage["dependencies"],
             },
             "runDetails": {
-                "builder": {"id": BUILDER_ID, "version": _builder_version(_loads(run.get("versions") or "{}") or {})},
+                "builder": {"id": BUILDER_ID, "version": version},
                 "metadata": {"invocationId": run_id, "startedOn": started.isoformat().replace("+00:00", "Z")},
                 "byproducts": [
                     {"name": "audit-log-head", "digest": {"sha256": head["hash"]}, "annotations": {"event": head["count"]}},
@@ -377,6 +381,14 @@ def _verify_lineage(store: Store, run_id: str, predicate: dict[str, Any], result
     if head is not None and store.event_hash_at(head["annotations"]["event"]) != head["digest"]["sha256"]:
         result.error(f"the log's event {head['annotations']['event']} is not the one that was signed: "
                      "the database was rewritten after the model was signed", head["annotations"]["event"])  # fmt: skip
+    external, version = json.loads(canonical_json(_run_parameters(store.run(run_id) or {})))
+    signed_external = (predicate.get("buildDefinition") or {}).get("externalParameters") or {}
+    changed = sorted(k for k in set(external) | set(signed_external) if external.get(k) != signed_external.get(k))
+    if version != ((predicate.get("runDetails") or {}).get("builder") or {}).get("version"):
+        changed.append("versions")
+    if changed:
+        result.error(f"run {run_id} in the database differs from the signed attestation ({', '.join(changed)}): "
+                     "the database was rewritten after signing")  # fmt: skip
     now = lineage_record(store, run_id)
     in_db = {d["name"]: d for d in now["dependencies"] + now["edits"]}
     for name in sorted(set(signed_by_name) | set(in_db)):
