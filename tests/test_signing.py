@@ -317,6 +317,9 @@ def test_apply_with_a_bad_key_fails_before_editing(signed, tmp_path):
     proc = run_kedsl(["apply", "s.ke", "--sign", str(tmp_path / "missing-key")], env, cwd=tmp_path)
     assert proc.returncode == int(ExitCode.KEY) and "no private key at" in proc.stderr
     assert not (tmp_path / "out").exists()
+    (tmp_path / "nosave.ke").write_text(_script(signed["base"], tmp_path / "out").replace(f'save to "{tmp_path / "out"}";', ""))
+    proc = run_kedsl(["apply", "nosave.ke", "--sign", str(signed["key"])], env, cwd=tmp_path)
+    assert proc.returncode == 2 and "this run saves none" in proc.stderr
 
 
 def test_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites(tmp_path):

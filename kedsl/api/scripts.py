@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..editing.request import DEFAULT_REFUSAL, EditRequest
+from ..errors import UsageError
 from ..lang import DataFiles, DataTable, ScriptError, ast, check_source, read_script, resolve_edits
 from ..registry import Registry, get_registry
 from ..registry.loader import software_versions
@@ -126,6 +127,8 @@ def apply(
     script = load_checked(script_path, registry, data_files)
     planned = [e for i, e in enumerate(plan(script, registry)) if i not in skip]
     signer = Signer.from_file(sign) if sign is not None else None  # a key error before any work
+    if signer is not None and out is None and script.save is None:
+        raise UsageError("--sign signs the saved model, but this run saves none", 'add `save to "DIR";` or pass --out DIR')
     policy = on_fail or script_on_fail(script) or "rollback"
     # The database first: a locked, corrupt or foreign one fails before the model loads.
     store = Store.open(db if db is not None else default_db_path())
