@@ -31,12 +31,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UsageError
 from ..files import file_sha256
 from ..records import canonical_json
 from .signing import (
     SIGNATURE_FILE, SignatureInvalid, Signer, envelope, envelope_payload, sign_directory, sign_directory_keyless,
     verify_directory, verify_envelope,
 )  # fmt: skip
+from .queries import read_model_record
 from .store import Store
 
 if TYPE_CHECKING:
@@ -250,9 +252,6 @@ def sign_saved(store: Store, directory: str | os.PathLike[str], signer: Signer |
     is still what the log recorded at save, so that nothing changed since gets signed.
     Without ``signer``, keyless with sigstore (the statement is then covered by
     ``model.sig`` only)."""
-    from ..errors import UsageError
-    from .queries import read_model_record
-
     d = Path(directory).absolute()
     run_id = ((read_model_record(d) or {}).get("provenance") or {}).get("run_id")
     recorded = store.saved_files(run_id, d) if run_id else None
