@@ -150,6 +150,7 @@ def test_one_byte_changed_in_any_file_is_caught_and_named(signed, tmp_path, name
         assert proc.returncode == ATTACK_EXIT, proc.stdout + proc.stderr
         assert f"{rel} was changed" in proc.stdout, proc.stdout
         assert "Traceback" not in proc.stderr
+    assert "its signature was not checked: pass --key PUB" in proc.stdout
 
 
 @pytest.mark.parametrize("how", ["flip", "garbage"])

@@ -31,6 +31,7 @@ from ..errors import ModelError, UsageError
 from ..files import file_sha256 as _file_sha256
 from .attestation import verify_files, verify_signed
 from .queries import UnreadableRecord, read_model_record
+from .signing import SIGNATURE_FILE
 from .schema import GENESIS, event_hash
 from .store import Store
 
@@ -332,6 +333,8 @@ def verify_model(
     its signed attestation, and the database against the signed lineage."""
     result = result or Verification()
     d = Path(model_dir).absolute()
+    if public_key is None and identity is None and (d / SIGNATURE_FILE).is_file():
+        result.note(f"{d} is signed ({SIGNATURE_FILE}); its signature was not checked: pass --key PUB")
     try:
         expected = expected_fingerprint(store, model_dir)
     except UnreadableRecord as exc:  # a changed kedsl.json: a finding, not a usage error
