@@ -292,8 +292,11 @@ def write_report(reports: list[Any], path: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every method's randomness.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Write every edit's expectations (each row of a data file's too) to this CSV file.")
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False), default=None,
+              help="Sign the saved model and its provenance attestation with this private key (PEM; see `kedsl keygen`).")
 @handle_errors
-def apply(script: str, db: str | None, out: str | None, on_fail: str | None, seed: int, report_path: str | None) -> None:
+def apply(script: str, db: str | None, out: str | None, on_fail: str | None, seed: int, report_path: str | None,
+          sign_key: str | None) -> None:  # fmt: skip
     """Apply a .ke script: edit the model, check every expectation, save, record.
 
     Exit codes: 0 all expectations held, 1 an expectation failed, 2 invalid script or
@@ -302,7 +305,7 @@ def apply(script: str, db: str | None, out: str | None, on_fail: str | None, see
     from . import api
 
     click.echo(f"checking {script} ...", err=True)
-    report = api.apply(script, db=db, out=out, on_fail=on_fail, seed=seed, reporter=_PrintReporter(), argv=sys.argv)
+    report = api.apply(script, db=db, out=out, on_fail=on_fail, seed=seed, reporter=_PrintReporter(), argv=sys.argv, sign=sign_key)
     if report_path:
         write_report(report.edits, report_path)
         click.echo(f"wrote {report_path}", err=True)
@@ -313,7 +316,8 @@ def apply(script: str, db: str | None, out: str | None, on_fail: str | None, see
         f"{report.failed_expectations} expectation(s) failed"
     )
     if report.saved_to:
-        click.echo(f"saved the edited model to {report.saved_to} (fingerprint {report.fingerprint_after[:16]})")
+        click.echo(f"saved the edited model to {report.saved_to} (fingerprint {report.fingerprint_after[:16]})"
+                   + (", signed with " + sign_key if sign_key else ""))
     if report.failed_expectations:
         sys.exit(int(ExitCode.EXPECTATION_FAILED))
 
@@ -773,22 +777,39 @@ def _audit_db_path(db: str | None, model_dir: str | None = None) -> str:
 @click.option("--db", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
 @click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
               help="Also recompute this saved model's fingerprint and compare it with the log's.")
+@click.option("--key", "public_key", type=click.Path(dir_okay=False), default=None,
+              help="With --model: the public key (PEM) the model must be signed with; checks the signature, "
+                   "the signed attestation and the database against it.")
+@click.option("--identity", default=None, help="With --model: the sigstore identity (e-mail, workflow) of a keyless signature.")
+@click.option("--issuer", default=None, help="With --identity: the OIDC issuer of that identity.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def verify(db: str | None, model_dir: str | None, as_json: bool) -> None:
+def verify(db: str | None, model_dir: str | None, public_key: str | None, identity: str | None, issuer: str | None,
+           as_json: bool) -> None:  # fmt: skip
     """Check the audit log: hash chain, anchor, tables against the log, outcome blobs;
-    with --model, that the directory's weights are what the log says.
+    with --model, that every file of the directory is what the log recorded and its
+    weights have the recorded fingerprint; with --key, also its signature and attestation.
 
     Exit status 0 when everything holds, 1 when something does not (the first broken
-    event row is named), 5 when the database cannot be read.
+    event row or the changed file is named), 5 when the database cannot be read, 7 when
+    the key is missing, unreadable or of the wrong type, 8 when the signature is not by
+    that key (or the model is not signed).
     """
     from .provenance.queries import open_for_reading
     from .provenance.verify import verify_log, verify_model
 
+    if (public_key or identity) and model_dir is None:
+        raise UsageError("--key and --identity check a model's signature: give --model DIR too")
+    if bool(identity) != bool(issuer):
+        raise UsageError("a keyless signature is checked with both --identity and --issuer")
+    if public_key is not None:
+        from .provenance.signing import load_public_key
+
+        load_public_key(public_key)  # a missing or wrong key is exit 7, before any other work
     with open_for_reading(_audit_db_path(db, model_dir)) as store:
         result = verify_log(store)
         if model_dir is not None and result.ok:
-            verify_model(store, model_dir, result)
+            verify_model(store, model_dir, result, public_key=public_key, identity=identity, oidc_issuer=issuer)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -801,12 +822,54 @@ def verify(db: str | None, model_dir: str | None, as_json: bool) -> None:
                        + (f"; head {head.get('hash')}" if head else ""))
             if result.model:
                 m = result.model
-                click.echo(f"ok: {m['path']} has fingerprint {m['actual']}, as run {m['run_id']} saved it")
+                click.echo(f"ok: {m['path']} has fingerprint {m['actual']}, as run {m['run_id']} saved it; every file as recorded")
+            if public_key or identity:
+                click.echo(f"ok: signed by {public_key or identity}: model.sig and the attestation verify, "
+                           "and the database holds the signed lineage")  # fmt: skip
         else:
             where = result.first_broken_event
             click.echo("verification FAILED" + (f" at event {where}" if where else ""), err=True)
+    if result.signature_failed:
+        sys.exit(int(ExitCode.SIGNATURE))
     if not result.ok:
         sys.exit(int(ExitCode.EXPECTATION_FAILED))
+
+
+@main.command()
+@click.argument("key", type=click.Path(dir_okay=False))
+@handle_errors
+def keygen(key: str) -> None:
+    """Write a new signing key pair: the private key to KEY (readable by you only) and
+    the public key to KEY.pub. Keep KEY away from the database and the models it signs;
+    a password in $KEDSL_KEY_PASSWORD encrypts it."""
+    from .provenance.signing import generate_key, key_id, load_public_key
+
+    private, public = generate_key(key)
+    click.echo(f"wrote {private} (private: keep it secret, away from the database) and {public} (public: give it to verifiers)")
+    click.echo(f"key id {key_id(load_public_key(public))}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--key", "private_key", type=click.Path(dir_okay=False), default=None, help="The private key (PEM) to sign with.")
+@click.option("--sigstore", is_flag=True, help="Sign keyless with sigstore instead (an OIDC identity; needs network access).")
+@click.option("--db", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
+@handle_errors
+def sign(model_dir: str, private_key: str | None, sigstore: bool, db: str | None) -> None:
+    """Sign a saved model directory and its provenance attestation (OpenSSF Model Signing:
+    model.sig over every file). Only a directory whose every file is still what the log
+    recorded at save is signed."""
+    from .provenance.attestation import sign_saved
+    from .provenance.signing import Signer
+    from .provenance.store import Store
+
+    if bool(private_key) == sigstore:
+        raise UsageError("give exactly one of --key KEY and --sigstore")
+    signer = Signer.from_file(private_key) if private_key else None
+    with Store.open(_audit_db_path(db, model_dir), create=False) as store:
+        res = sign_saved(store, model_dir, signer)
+    click.echo(f"signed {res['path']} (run {res['run_id']}, {res['files']} files) with "
+               + (f"key {res['key_id'][:16]}" if signer else "sigstore (keyless)"))
 
 
 def _print_run(run: dict[str, Any], indent: str = "") -> None:
@@ -909,19 +972,23 @@ def show(ident: str, db: str | None, as_json: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Where to save the reverted model.")
 @click.option("--db", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
 @click.option("--force", is_flag=True, help="Subtract the edit even if the log does not place it in the model's history.")
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False), default=None, help="Sign the result with this private key (PEM).")
 @handle_errors
-def revert(edit_id: str, model_dir: str, out: str, db: str | None, force: bool) -> None:
-    """Remove exactly one edit from a saved model (later edits are kept); record it as a run."""
+def revert(edit_id: str, model_dir: str, out: str, db: str | None, force: bool, sign_key: str | None) -> None:
+    """Remove exactly one edit from a saved model (later edits are kept); record it as a run.
+    A member of a batch is removed by recomputing the batch without it."""
     from .api.history import revert as revert_edit
     from .provenance.store import Store
 
     with Store.open(_audit_db_path(db, model_dir), create=False) as store:
-        res = revert_edit(store, edit_id, model_dir, out, force=force, argv=sys.argv)
+        res = revert_edit(store, edit_id, model_dir, out, force=force, argv=sys.argv, sign=sign_key)
     for name, mode in sorted(res["modes"].items()):
         note = "restored bit-exactly" if mode == "restored" else "changed again later: delta subtracted (not bit-exact)"
         click.echo(f"{name}: {note}")
-    if res["also_reverted"]:
-        click.echo(f"note: {edit_id} was one call with {', '.join(res['also_reverted'])} (a batch): they are reverted too")
+    if res.get("recomputed"):
+        click.echo(f"note: {edit_id} was one of a batch with {', '.join(res['batch'])}; a batch is one update, so this is a "
+                   "RECOMPUTE: the run was run again from its recorded script, seed, base model and data without this edit "
+                   "(not a subtraction)")  # fmt: skip
     click.echo(f"run {res['run_id']}: reverted {edit_id}; saved to {res['saved_to']} (fingerprint {res['fingerprint_after'][:16]})")
 
 
@@ -929,15 +996,16 @@ def revert(edit_id: str, model_dir: str, out: str, db: str | None, force: bool) 
 @click.argument("run_id")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Where to save the replayed model.")
 @click.option("--db", type=click.Path(dir_okay=False), default=None, help=_DB_HELP)
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False), default=None, help="Sign the result with this private key (PEM).")
 @handle_errors
-def replay(run_id: str, out: str, db: str | None) -> None:
+def replay(run_id: str, out: str, db: str | None, sign_key: str | None) -> None:
     """Rerun a recorded run's script on its recorded base model; say whether the result
     has the recorded fingerprint (exit 0 if it does, 1 if not)."""
     from .api.history import replay as replay_run
     from .provenance.store import Store
 
     with Store.open(_audit_db_path(db), create=False) as store:
-        res = replay_run(store, run_id, out, argv=sys.argv)
+        res = replay_run(store, run_id, out, argv=sys.argv, sign=sign_key)
     for name, (was, now) in res["version_differences"].items():
         click.echo(f"note: {name} was {was}, now {now}", err=True)
     verdict = "MATCHES" if res["matches"] else "DIFFERS FROM"

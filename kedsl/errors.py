@@ -17,6 +17,8 @@ class ExitCode(IntEnum):
     MODEL = 4  # the model could not be found, fetched or loaded
     STORE = 5  # the provenance database is missing, locked, corrupt or foreign
     DATA = 6  # an input file (benchmark data, corpus) is missing or malformed
+    KEY = 7  # a signing or verification key is missing, unreadable or of the wrong type
+    SIGNATURE = 8  # a signature or signed attestation does not verify with the key given
 
 
 class KedslError(Exception):
@@ -50,6 +52,12 @@ class StoreError(KedslError):
 
 class DataError(KedslError):
     exit_code = ExitCode.DATA
+
+
+class SigningKeyError(KedslError):
+    """A signing or verification key is missing, unreadable or of the wrong type."""
+
+    exit_code = ExitCode.KEY
 
 
 class PluginError(KedslError):

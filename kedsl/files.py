@@ -1,11 +1,21 @@
 """Durable files: flushing to disk and telling whether the process that wrote a file is
 gone. Written once here for the two writers that need them, the provenance store (its
-blobs) and model saving (its atomic directory swap). Torch-free."""
+blobs) and model saving (its atomic directory swap); and a file's SHA-256. Torch-free."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in 4 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:

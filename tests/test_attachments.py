@@ -235,7 +235,8 @@ def test_a_changed_attachment_file_is_refused_on_load(tiny_tokenizer, tmp_path, 
     from kedsl.provenance.store import Store
 
     check = verify_model(Store.open(tmp_path / "k.db"), tmp_path / "one")
-    assert not check.ok and any("digest" in f.message for f in check.findings)
+    # verify names the changed file (the log recorded every file's SHA-256 at save)
+    assert not check.ok and any("attachments/00-toy_shift/tensors.safetensors was changed" in f.message for f in check.findings)
     # a registry without the method cannot install it: a clear error, not a silent skip
     bare = Registry(plugins=[kedsl_architectures, kedsl_metrics, kedsl_relations, kedsl_sources], entry_points=False)
     with pytest.raises(ModelError, match="not installed"):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -322,15 +323,21 @@ def test_audit_commands_do_not_import_torch(command, tmp_path):
                           data_sha256=sha, data_row=1)  # fmt: skip
         store.end_run(r, "ok", fingerprint_after="f1")
     facts.write_text("changed")  # verify warns about it, without torch
+    proc = run_without_torch(command + ["--db", str(db)])
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def run_without_torch(argv: list[str]) -> subprocess.CompletedProcess:
+    """Run `kedsl ARGV` in a fresh interpreter that fails if the command imported torch
+    (its exit status is not checked: a failing command must stay torch-free too)."""
     code = (
         "import sys, runpy\n"
-        f"sys.argv = ['kedsl'] + {command!r} + ['--db', {str(db)!r}]\n"
+        f"sys.argv = ['kedsl'] + {argv!r}\n"
         "try:\n    runpy.run_module('kedsl', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
 def test_model_card_is_deterministic_and_lists_failures():
@@ -355,11 +362,9 @@ def test_model_card_is_deterministic_and_lists_failures():
 def test_a_consistently_rewritten_log_passes_alone_but_not_against_a_saved_model(tiny_llama, tmp_path):
     """The documented limit: whoever rewrites rows *and* every later hash *and* the anchor
     gets a log that verifies on its own; the head recorded in a saved model catches it."""
-    import sqlite3
-
     from kedsl.provenance.verify import verify_log, verify_model
     from kedsl.model.saving import save_model
-    from kedsl.provenance.store import Store, canonical_json, event_hash
+    from kedsl.provenance.store import Store
 
     db, out = tmp_path / "k.db", tmp_path / "m"
     fp = tiny_llama.fingerprint()
@@ -370,13 +375,32 @@ def test_a_consistently_rewritten_log_passes_alone_but_not_against_a_saved_model
         store.end_run(run, "ok", fingerprint_after=fp, saved_to=str(out))
         assert verify_model(store, out).ok
 
+    def someone_else(kind: str, payload: dict) -> None:
+        if kind == "run_started":
+            payload["user"] = "someone-else"
+
+    rewrite_history(db, "UPDATE runs SET user = 'someone-else'", someone_else)
+    with Store.open(db, readonly=True) as store:
+        assert verify_log(store).ok  # the limit, stated in docs/audit.md
+        result = verify_model(store, out)
+    errors = [f.message for f in result.findings if f.level == "error"]
+    assert not result.ok and "rewritten or truncated" in errors[0]
+
+
+def rewrite_history(db: Path, sql: str, change: Callable[[str, dict], None]) -> None:
+    """Rewrite a database the way anyone with write access can: run ``sql`` on the tables,
+    ``change(kind, payload)`` each event's payload in place to match, then recompute every
+    hash after it and the anchor, so that the chain verifies on its own."""
+    import sqlite3
+
+    from kedsl.provenance.store import canonical_json, event_hash
+
     conn = sqlite3.connect(db)
-    conn.execute("UPDATE runs SET user = 'someone-else'")
+    conn.execute(sql)
     prev = "0" * 64
     for row in conn.execute("SELECT id, run_id, at, kind, payload FROM events ORDER BY id").fetchall():
         payload = json.loads(row[4])
-        if row[3] == "run_started":
-            payload["user"] = "someone-else"
+        change(row[3], payload)
         event = {"id": row[0], "run_id": row[1], "at": row[2], "kind": row[3], "payload": canonical_json(payload), "prev_hash": prev}
         event["hash"] = event_hash(event)
         conn.execute("UPDATE events SET payload = ?, prev_hash = ?, hash = ? WHERE id = ?", [event["payload"], prev, event["hash"], row[0]])
@@ -384,7 +408,3 @@ def test_a_consistently_rewritten_log_passes_alone_but_not_against_a_saved_model
     conn.execute("UPDATE kedsl_meta SET value = ? WHERE key = 'head_hash'", [prev])
     conn.commit()
     conn.close()
-    with Store.open(db, readonly=True) as store:
-        assert verify_log(store).ok  # the limit, stated in docs/audit.md
-        result = verify_model(store, out)
-    assert not result.ok and "rewritten or truncated" in result.findings[0].message

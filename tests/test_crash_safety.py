@@ -160,7 +160,8 @@ def test_kill_minus_nine_at_random_points(tmp_path, tiny_tokenizer):
     killed = [r for r in results if r["killed"]]
     summary = [(r["kind"], r["phase"]) for r in results]
     assert len(killed) >= 20, summary
-    assert sum(1 for r in killed if r["phase"].endswith("saving")) >= 3, summary  # killed during the save
+    # killed during the save: after it was logged, before or after its files were recorded
+    assert sum(1 for r in killed if r["phase"].endswith(("saving", "saved_files"))) >= 3, summary
     assert sum(1 for r in killed if r["phase"].endswith("edit")) >= 1, summary  # between edits
 
     # Rerunning the script succeeds, onto a destination a kill interrupted mid-save too.

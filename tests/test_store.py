@@ -336,6 +336,6 @@ def test_two_apply_processes_on_one_database_both_complete(tmp_path, tiny_tokeni
         started = sorted((r["started"], r["ended"]) for r in runs)
         events = store.events()
     assert verify_log(Store.open(db, readonly=True)).ok
-    assert len(events) == 2 * (1 + 6 + 1 + 1)
+    assert len(events) == 2 * (1 + 6 + 1 + 1 + 1)  # started, the edits, saving, saved_files, ended
     # They really overlapped: the second run started before the first ended.
     assert started[1][0] < started[0][1]

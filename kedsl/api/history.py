@@ -31,6 +31,7 @@ def revert(
     force: bool = False,
     argv: list[str] | None = None,
     registry: Registry | None = None,
+    sign: str | Path | None = None,
 ) -> dict[str, Any]:
     """Remove exactly ``edit_id``'s outcome from the model in ``model_dir``; save the result
     to ``out_dir`` and record it as a run of kind ``revert``.
@@ -38,13 +39,16 @@ def revert(
     A parameter that still holds the edit's ``after`` value bit-exactly gets its
     ``before`` value back bit-exactly; one that later edits changed too gets the edit's
     delta subtracted (``mode: subtracted`` in the record, and a log warning).
-    ``registry`` defaults to the installed plugins.
+    A member of a batch (edits that share one outcome: MEMIT, AlphaEdit, any method whose
+    spec supports batches) is removed by recomputing: see :func:`_revert_batch_member`.
+    ``registry`` defaults to the installed plugins; ``sign`` a private key that signs the result.
     """
     import torch
 
     from ..model.journal import WeightChange
     from ..model.loading import load_saved_model
-    from ..model.saving import save_model
+    from ..provenance.attestation import save_attested
+    from ..provenance.signing import Signer
 
     edit = store.edit(edit_id)
     if edit is None:
@@ -54,8 +58,13 @@ def revert(
     attached = json.loads(edit.get("attachments") or "[]")
     if not edit["outcome_sha256"] and not attached:
         raise UsageError(f"edit {edit_id} changed no weights and added no attachment: there is nothing to revert")
-    # Edits of one batch share one outcome: reverting one reverts them all.
+    out = Path(out_dir).expanduser().absolute()
+    if out == Path(model_dir).expanduser().absolute():
+        raise UsageError("--out must differ from --model", "revert writes a new directory and keeps the original")
+    # Edits of one batch share one outcome: one member is removed by recomputing the batch.
     sharing = store.edits_sharing_outcome(edit)
+    if sharing:
+        return _revert_batch_member(store, edit, sharing, model_dir, out, argv=argv, registry=registry, sign=sign)
     if not force:
         try:
             in_history = {r["id"] for r in lineage(store, model_dir)}
@@ -66,9 +75,7 @@ def revert(
             f"edit {edit_id} (run {edit['run_id']}) is not in the recorded history of {model_dir}",
             "check with `kedsl log --model DIR`; pass --force to subtract it anyway",
         )
-    out = Path(out_dir).expanduser().absolute()
-    if out == Path(model_dir).expanduser().absolute():
-        raise UsageError("--out must differ from --model", "revert writes a new directory and keeps the original")
+    signer = Signer.from_file(sign) if sign is not None else None
     outcome = store.load_outcome(edit["outcome_sha256"]) if edit["outcome_sha256"] else {}
     registry = registry or get_registry()
     model = load_saved_model(model_dir, registry)
@@ -121,7 +128,7 @@ def revert(
             "edits": [{"id": rev_id, "subject": edit["subject"], "method": "revert", "status": "applied",
                        "prompt": f"revert {edit_id}", "target": "", "expectations": []}],
         }  # fmt: skip
-        save_model(model, out, provenance)
+        save_attested(store, run_id, model, out, provenance, signer=signer)
         status = "ok"
         return {"run_id": run_id, "edit_id": rev_id, "reverted": edit_id, "also_reverted": sharing, "modes": modes,
                 "fingerprint_before": fp_before, "fingerprint_after": fp_after, "saved_to": str(out)}  # fmt: skip
@@ -178,23 +185,71 @@ def _remove_attachments(
         log.warning("edit %s's %s was merged into the weights: subtracted its delta (not bit-exact)", edit_id, kind)
 
 
-def replay(
-    store: Store, run_id: str, out_dir: str | Path, *, argv: list[str] | None = None, registry: Registry | None = None
-) -> dict[str, Any]:
-    """Rerun a recorded ``apply`` run's script, with its seed and policy, on its recorded
-    base model (checked by fingerprint first); report whether the result matches. The data
-    files the run read are read from the content the store kept, whatever the files hold now."""
+def _revert_batch_member(
+    store: Store, edit: dict[str, Any], batch: list[str], model_dir: str | Path, out: Path, *,
+    argv: list[str] | None, registry: Registry | None, sign: str | Path | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Remove one member of a batch by recomputing: the members share one update, so no
+    part of it belongs to one member alone. The run that made the batch is run again from
+    what the store recorded (script text, seed, ``on_fail`` policy, the base model checked
+    by fingerprint, the data files' kept content) with that one edit left out, so the
+    result is what a fresh run of the script without the edit gives on the same machine.
+    Recorded as a run of kind ``revert``. Only the directory that run saved can be
+    recomputed this way (later runs would have to be recomputed too)."""
+    run = store.run(edit["run_id"]) or {}
+    made_by = ((read_model_record(model_dir) or {}).get("provenance") or {}).get("run_id")
+    if made_by != run.get("id"):
+        raise UsageError(
+            f"edit {edit['id']} is one of a batch of {len(batch) + 1} edits made by run {run.get('id')}; removing one member "
+            f"recomputes that run, but {model_dir} was saved by run {made_by}",
+            f"revert it from the directory run {run.get('id')} saved (kedsl log --model DIR), then apply the later scripts again",
+        )  # fmt: skip
+    if not run.get("script_text"):
+        raise UsageError(f"run {run.get('id')} recorded no script: its batch cannot be recomputed")
+    skipped = _skipped_edits(store, run)
+    skip = skipped | {_original_index(edit["seq"], skipped)}
+    report = _rerun(store, run, out, record={"kind": "revert", "reverts_edit": edit["id"]}, skip=frozenset(skip),
+                    argv=argv, registry=registry, sign=sign)  # fmt: skip
+    return {"run_id": report.run_id, "edit_id": None, "reverted": edit["id"], "also_reverted": [], "recomputed": True,
+            "batch": batch, "modes": {}, "fingerprint_before": report.fingerprint_before,
+            "fingerprint_after": report.fingerprint_after, "saved_to": str(report.saved_to)}  # fmt: skip
+
+
+def _original_index(seq: int, skipped: set[int]) -> int:
+    """The index in the full script of the ``seq``-th edit a run left ``skipped`` out of."""
+    kept = -1
+    index = -1
+    while kept < seq:
+        index += 1
+        if index not in skipped:
+            kept += 1
+    return index
+
+
+def _skipped_edits(store: Store, run: dict[str, Any]) -> set[int]:
+    """The indices of the script's edits a recomputing revert run left out (none for an
+    apply run): its reverted edit, and those its own source run left out."""
+    if run.get("kind") != "revert" or not run.get("reverts_edit"):
+        return set()
+    reverted = store.edit(run["reverts_edit"]) or {}
+    source = store.run(reverted.get("run_id") or "") or {}
+    skipped = _skipped_edits(store, source)
+    return skipped | {_original_index(reverted["seq"], skipped)}
+
+
+def _rerun(
+    store: Store, run: dict[str, Any], out_dir: str | Path, *, record: dict[str, Any], skip: frozenset[int] = frozenset(),
+    argv: list[str] | None = None, registry: Registry | None = None, sign: str | Path | None = None,
+) -> Any:  # fmt: skip
+    """Run a recorded run's script again, with its seed and policy, on its recorded base
+    model (checked by fingerprint first), reading its data files from the content the store
+    kept; leave out the planned edits in ``skip``. Returns the new run's report."""
     from ..model.loading import load_model
 
-    run = store.run(run_id)
-    if run is None:
-        raise UsageError(f"no run {run_id} in {store.path}", "list runs with `kedsl log`")
-    if (run.get("kind") or "apply") not in ("apply", "replay") or not run.get("script_text"):
-        raise UsageError(f"run {run_id} is a {run.get('kind')} run: only script runs (apply) can be replayed")
     registry = registry or get_registry()
-    data_files = {d["path"]: store.data_blob(d["sha256"]) for d in store.data_files(run_id)}
-    with tempfile.TemporaryDirectory(prefix="kedsl-replay-") as tmp:
-        script = Path(tmp) / "replayed.ke"
+    data_files = {d["path"]: store.data_blob(d["sha256"]) for d in store.data_files(run["id"])}
+    with tempfile.TemporaryDirectory(prefix="kedsl-rerun-") as tmp:
+        script = Path(tmp) / "rerun.ke"
         script.write_text(run["script_text"], encoding="utf-8")
         checked = load_checked(script, registry, data_files)
         # A local directory by its resolved path (the script's may be relative to another
@@ -204,16 +259,32 @@ def replay(
         model = load_model(ref, model_settings(checked.model), registry)
         if model.fingerprint() != run["fingerprint_before"]:
             raise ModelError(
-                f"the base model {ref} has changed since run {run_id}: fingerprint {model.fingerprint()[:16]}, "
+                f"the base model {ref} has changed since run {run['id']}: fingerprint {model.fingerprint()[:16]}, "
                 f"the log records {run['fingerprint_before'][:16]}",
-                "restore the base model the run used; replay needs the same starting weights",
+                "restore the base model the run used; rerunning needs the same starting weights",
             )
-        recorded_versions = json.loads(run.get("versions") or "{}")
-        report = apply(
+        return apply(
             script, db=store.path, out=out_dir, on_fail=run.get("on_fail") or None, seed=run.get("seed") or 0,
-            model=model, registry=registry, argv=argv if argv is not None else sys.argv,
-            record={"kind": "replay", "replay_of": run_id}, data_files=data_files,
+            model=model, registry=registry, argv=argv if argv is not None else sys.argv, record=record,
+            data_files=data_files, sign=sign, skip=skip,
         )  # fmt: skip
+
+
+def replay(
+    store: Store, run_id: str, out_dir: str | Path, *, argv: list[str] | None = None, registry: Registry | None = None,
+    sign: str | Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Rerun a recorded ``apply`` run's script, with its seed and policy, on its recorded
+    base model (checked by fingerprint first); report whether the result matches. The data
+    files the run read are read from the content the store kept, whatever the files hold now."""
+    run = store.run(run_id)
+    if run is None:
+        raise UsageError(f"no run {run_id} in {store.path}", "list runs with `kedsl log`")
+    if (run.get("kind") or "apply") not in ("apply", "replay") or not run.get("script_text"):
+        raise UsageError(f"run {run_id} is a {run.get('kind')} run: only script runs (apply) can be replayed")
+    registry = registry or get_registry()
+    recorded_versions = json.loads(run.get("versions") or "{}")
+    report = _rerun(store, run, out_dir, record={"kind": "replay", "replay_of": run_id}, argv=argv, registry=registry, sign=sign)
     now = software_versions(registry)
     return {
         "run_id": report.run_id,

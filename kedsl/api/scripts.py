@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..editing.request import DEFAULT_REFUSAL, EditRequest
+from ..errors import UsageError
 from ..lang import DataFiles, DataTable, ScriptError, ast, check_source, read_script, resolve_edits
 from ..registry import Registry, get_registry
 from ..registry.loader import software_versions
@@ -101,6 +102,8 @@ def apply(
     argv: list[str] | None = None,
     record: dict[str, Any] | None = None,
     data_files: DataFiles = None,
+    sign: str | Path | None = None,
+    skip: frozenset[int] = frozenset(),
 ) -> Any:
     """Run a script end to end (check, load, edit, expect, save, record); return a RunReport.
 
@@ -108,16 +111,24 @@ def apply(
     Relative ``save to`` paths are resolved against the current directory. ``record``
     adds fields to the run's record (``kind``, ``replay_of``: see :mod:`kedsl.api.history`).
     ``data_files`` replaces data files the script names (see :func:`load_checked`); the
-    content of every data file read is recorded with the run.
+    content of every data file read is recorded with the run. ``sign``: a private key
+    (PEM) that signs the saved directory and its provenance attestation. ``skip``: the
+    indices of planned edits to leave out (a batch member's revert recomputes the run
+    without it).
     """
     from ..executor import Executor, RunReport
     from ..model.loading import load_model
-    from ..model.saving import save_model, saved_fingerprint
+    from ..model.saving import saved_fingerprint
+    from ..provenance.attestation import save_attested
+    from ..provenance.signing import Signer
     from ..provenance.store import Store
 
     registry = registry or get_registry()
     script = load_checked(script_path, registry, data_files)
-    planned = plan(script, registry)
+    planned = [e for i, e in enumerate(plan(script, registry)) if i not in skip]
+    signer = Signer.from_file(sign) if sign is not None else None  # a key error before any work
+    if signer is not None and out is None and script.save is None:
+        raise UsageError("--sign signs the saved model, but this run saves none", 'add `save to "DIR";` or pass --out DIR')
     policy = on_fail or script_on_fail(script) or "rollback"
     # The database first: a locked, corrupt or foreign one fails before the model loads.
     store = Store.open(db if db is not None else default_db_path())
@@ -206,7 +217,8 @@ def apply(
                      "format": t.source.format}
                     for t in tables
                 ]  # fmt: skip
-            report.saved_to = save_model(model, save_to, provenance, fingerprint=fp_after, mode=save_mode)
+            report.saved_to = save_attested(store, run_id, model, save_to, provenance, fingerprint=fp_after, mode=save_mode,
+                                            signer=signer)  # fmt: skip
         status = report.status
         return report
     except KeyboardInterrupt:

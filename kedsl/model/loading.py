@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import torch
 
 from ..cache import models_dir
 from ..errors import ModelError, PluginError, UsageError, did_you_mean
-from ..files import fsync_tree
+from ..files import file_sha256, fsync_tree
 from ..registry import Registry, get_registry
 from ..registry.specs import ArchitectureSpec
 from .attachments import load_attachments
@@ -204,14 +203,6 @@ def ensure_pad_token(tokenizer: Any) -> None:
         if tokenizer.eos_token is None:
             raise ModelError("the tokenizer has neither a pad nor an end-of-sequence token", "use a tokenizer with an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def converted_dir(gguf_name: str, sha256: str) -> Path:

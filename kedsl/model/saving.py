@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -52,6 +52,7 @@ def save_model(
     provenance: dict[str, Any],
     fingerprint: str | None = None,
     mode: str | None = None,
+    finish: Callable[[Path, str], None] | None = None,
 ) -> Path:
     """Write ``model`` (safetensors weights, config, tokenizer, attachments, ``kedsl.json``)
     to ``out_dir``.
@@ -60,7 +61,9 @@ def save_model(
     directory is filled; any other non-empty directory is refused. Returns the path.
     ``fingerprint`` saves re-hashing the weights when the caller has just computed it
     (it must be the fingerprint of what is written: with ``mode="merged"`` and mergeable
-    attachments it is recomputed). ``mode``: see :data:`SAVE_MODES`.
+    attachments it is recomputed). ``mode``: see :data:`SAVE_MODES`. ``finish`` is called
+    with the complete temporary directory and the fingerprint before it is moved into
+    place (the provenance attestation and signature are written there).
     """
     mode = mode or "adapter"
     if mode not in SAVE_MODES:
@@ -86,10 +89,11 @@ def save_model(
         model.tokenizer.save_pretrained(tmp)
         state_keys = write_method_state(model.method_state, tmp / STATE_FILE)
         entries = save_attachments(model, tmp, skip=merged)
+        fingerprint = fingerprint or model.fingerprint()
         record = {
             "format": FORMAT,
             "kedsl_version": __version__,
-            "fingerprint": fingerprint or model.fingerprint(),
+            "fingerprint": fingerprint,
             "base": {"ref": model.ref, "source": model.source},
             "provenance": provenance,
             "save_mode": mode,
@@ -103,6 +107,8 @@ def save_model(
             record["merged_attachments"] = [model.attachments[i].describe() for i in sorted(merged)]
         (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(render_model_card(json.loads(json.dumps(record, default=str))), encoding="utf-8")
+        if finish is not None:
+            finish(tmp, fingerprint)
         fsync_tree(tmp)
         _swap_into_place(tmp, out)
     except BaseException:

@@ -96,7 +96,8 @@ def _export_html(runs: list[dict[str, Any]], check: Verification, store: Store) 
     e = html.escape
 
     def kv_table(pairs: list[tuple[str, Any]]) -> str:
-        rows = "".join(f"<tr><th>{e(k)}</th><td class=mono>{e('' if v is None else str(v))}</td></tr>" for k, v in pairs)
+        # Fields a run does not have (a revert has no script, an apply reverts nothing) are left out.
+        rows = "".join(f"<tr><th>{e(k)}</th><td class=mono>{e(str(v))}</td></tr>" for k, v in pairs if v not in (None, "", "null"))
         return f"<table>{rows}</table>"
 
     parts = [
@@ -117,6 +118,8 @@ def _export_html(runs: list[dict[str, Any]], check: Verification, store: Store) 
     notes = [f.message for f in check.findings if f.level in ("warning", "note")]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+    parts += _failures_html(runs)
+    parts += _lineage_html(runs, store)
     # Summary table.
     parts.append("<h2>Runs</h2><table><tr><th>run</th><th>kind</th><th>status</th><th>started</th><th>user@host</th>"
                  "<th>model</th><th>edits applied</th><th>descends from</th></tr>")  # fmt: skip
@@ -162,6 +165,11 @@ def _export_html(runs: list[dict[str, Any]], check: Verification, store: Store) 
                     f"<td>{x['seconds']:.2f}</td><td>{metrics}</td></tr>"
                 )
             parts.append("</table>")
+        if r.get("kind") == "revert" and r.get("script_text"):
+            parts.append(f"<p><b>Recompute:</b> this revert ran the script of the batch's run again without edit "
+                         f"<code>{e(str(r.get('reverts_edit')))}</code> (a batch is one update: its members cannot be "
+                         "subtracted one by one).</p>")  # fmt: skip
+        parts += _saved_models_html(r["id"], store)
         if r.get("script_text"):
             parts.append(f"<h3>Script</h3><pre>{e(r['script_text'])}</pre>")
         parts.append("<details><summary>Events</summary><table><tr><th>#</th><th>kind</th><th>at</th><th>hash</th></tr>")
@@ -170,6 +178,79 @@ def _export_html(runs: list[dict[str, Any]], check: Verification, store: Store) 
         parts.append("</table></details>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _failures_html(runs: list[dict[str, Any]]) -> list[str]:
+    """Everything that did not go as written: runs that did not end ok, edits that were not
+    applied, expectations that failed."""
+    e = html.escape
+    rows = []
+    for r in runs:
+        if r["status"] != "ok":
+            rows.append((r["id"], "run", r["status"], str(r.get("error") or "")))
+        for x in r["edits"]:
+            if x["status"] != "applied":
+                rows.append((x["id"], f"edit {x['subject']!r}", x["status"], str(x.get("error") or "")))
+            for m in x["metrics"]:
+                if not m["passed"]:
+                    limit = f" ({m['op']} {_fmt(m['threshold'])})" if m.get("op") else ""
+                    rows.append((x["id"], f"edit {x['subject']!r}", "expectation FAILED", f"{m['metric']} = {_fmt(m['value'])}{limit}"))
+    out = ["<h2 id=failures>Failures</h2>"]
+    if not rows:
+        return out + ["<p class=ok>No failed runs, edits or expectations.</p>"]
+    out.append(f"<p class=bad>{len(rows)} failure(s).</p><table><tr><th>id</th><th>what</th><th>status</th><th>detail</th></tr>")
+    out += [f"<tr><td class=mono>{e(i)}</td><td>{e(w)}</td><td class=bad>{e(st)}</td><td>{e(d)}</td></tr>" for i, w, st, d in rows]
+    return out + ["</table>"]
+
+
+def _lineage_html(runs: list[dict[str, Any]], store: Store) -> list[str]:
+    """For each saved model: the chain from the base model through every run that made it."""
+    from .attestation import lineage_runs
+
+    e = html.escape
+    out = ["<h2 id=lineage>Lineage of the saved models</h2>"]
+    saved = [r for r in runs if r.get("saved_to")]
+    if not saved:
+        return out + ["<p>No run saved a model.</p>"]
+    for r in saved:
+        chain = list(reversed(lineage_runs(store, r["id"])))
+        steps = [f"<li>base model <code>{e(str(chain[0].get('model_ref')))}</code>, fingerprint "
+                 f"<code>{e(str(chain[0].get('fingerprint_before'))[:16])}</code></li>"]  # fmt: skip
+        for c in chain:
+            applied = sum(1 for x in store.edits(c["id"]) if x["status"] == "applied")
+            steps.append(f"<li><a href='#{e(c['id'])}'>{e(c['id'])}</a> ({e(str(c.get('kind') or 'apply'))}, {applied} edit(s) "
+                         f"applied) &rarr; fingerprint <code>{e(str(c.get('fingerprint_after'))[:16])}</code></li>")  # fmt: skip
+        out.append(f"<h3>{e(str(r['saved_to']))}</h3><ol>{''.join(steps)}</ol>")
+    return out
+
+
+def _saved_models_html(run_id: str, store: Store) -> list[str]:
+    """What the log recorded about each directory the run saved: its files, its
+    attestation, and the keys it was signed with."""
+    import json
+
+    e = html.escape
+    saves: dict[str, dict[str, Any]] = {}
+    for ev in store.events(run_id):
+        if ev["kind"] in ("saved_files", "signed"):
+            payload = json.loads(ev["payload"])
+            entry = saves.setdefault(payload["path"], {"files": None, "keys": []})
+            if ev["kind"] == "saved_files":
+                entry.update(files=payload["files"], statement=payload["statement_sha256"])
+            else:
+                entry["keys"].append(payload["key_id"])
+    out = []
+    for path, entry in saves.items():
+        signed = ", ".join(k[:16] for k in entry["keys"]) if entry["keys"] else "not signed"
+        files = entry["files"] or {}
+        out.append(f"<h3>Saved model {e(path)}</h3>")
+        out.append("<p>Signed with key(s): <b>" + e(signed) + "</b>. This report does not check signatures: "
+                   f"<code>kedsl verify --model {e(path)} --key PUB</code> does.</p>")  # fmt: skip
+        out.append("<details><summary>" + f"{len(files)} file(s) recorded at save, attestation statement SHA-256 "
+                   f"<code>{e(str(entry.get('statement'))[:16])}</code></summary><table><tr><th>file</th><th>SHA-256</th></tr>")  # fmt: skip
+        out += [f"<tr><td class=mono>{e(n)}</td><td class=mono>{e(h)}</td></tr>" for n, h in files.items()]
+        out.append("</table></details>")
+    return out
 
 
 def _fmt(v: Any) -> str:

@@ -19,6 +19,10 @@ def open_for_reading(db: str | Path) -> Store:
     return Store.open(db, create=False, readonly=True)
 
 
+class UnreadableRecord(UsageError):
+    """A model directory's ``kedsl.json`` exists but cannot be read."""
+
+
 def read_model_record(model_dir: str | Path) -> dict[str, Any] | None:
     """A saved directory's ``kedsl.json`` (None when it has none); torch-free."""
     d = Path(model_dir)
@@ -30,7 +34,7 @@ def read_model_record(model_dir: str | Path) -> dict[str, Any] | None:
     try:
         return json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UsageError(f"{f} is not readable JSON ({exc})") from None
+        raise UnreadableRecord(f"{f} is not readable JSON ({exc})") from None
 
 
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:

@@ -256,6 +256,25 @@ class Store:
             self._append_event(run_id, "saving", {"path": str(path), "fingerprint": fingerprint})
             return self.head()
 
+    def record_saved_files(self, run_id: str, path: str | Path, files: dict[str, str], statement_sha256: str) -> None:
+        """Record the SHA-256 of every file a save of ``run_id`` wrote to ``path`` (before
+        the directory is moved into place) and of its provenance statement."""
+        with self._immediate():
+            self._append_event(run_id, "saved_files", {"path": str(path), "files": files, "statement_sha256": statement_sha256})
+
+    def record_signed(self, path: str | Path, key_id: str, run_id: str | None = None) -> None:
+        """Record that the model directory ``path`` (saved by ``run_id``) was signed with the key ``key_id``."""
+        with self._immediate():
+            self._append_event(run_id, "signed", {"path": str(path), "key_id": key_id})
+
+    def saved_files(self, run_id: str, path: str | Path) -> dict[str, Any] | None:
+        """The newest ``saved_files`` record of ``run_id`` for ``path`` (else, for a
+        directory moved since, the run's newest one; None when the save predates per-file
+        records)."""
+        records = [dict(json.loads(e["payload"]), event=e["id"]) for e in self.events(run_id) if e["kind"] == "saved_files"]
+        same_path = [r for r in records if Path(r["path"]) == Path(path)]
+        return (same_path or records or [None])[-1]
+
     def end_run(self, run_id: str, status: str, **fields: Any) -> None:
         if status not in RUN_STATUSES:
             raise ValueError(f"unknown run status {status!r}")

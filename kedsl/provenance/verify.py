@@ -6,8 +6,11 @@
   Data files the runs read (``edits from``) are checked too: their kept content still has
   its hash (an error if not), and the file on disk still holds what the run read (a
   warning if it changed or is gone: the run and its replay use the kept content).
-- :func:`verify_model` recomputes a model directory's fingerprint and compares it with the
-  fingerprint the log says that directory should have (it loads the model: torch).
+- :func:`verify_model` checks every file of a model directory against the SHA-256 the log
+  recorded when the directory was written (naming a changed, missing or added file),
+  recomputes its fingerprint and compares it with the fingerprint the log says that
+  directory should have (it loads the model: torch); given a public key, it also checks
+  the directory's signature and signed attestation (:mod:`kedsl.provenance.attestation`).
 
 Limits, stated plainly: the chain proves the log was not edited *unless* the editor
 rewrote every hash after the change and the anchor as well (anyone with write access to
@@ -18,7 +21,6 @@ prints the current head so it can be written down or published.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -26,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, UsageError
-from .queries import read_model_record
+from ..files import file_sha256 as _file_sha256
+from .attestation import verify_files, verify_signed
+from .queries import UnreadableRecord, read_model_record
+from .signing import SIGNATURE_FILE
 from .schema import GENESIS, event_hash
 from .store import Store
 
@@ -47,6 +52,7 @@ class Finding:
     level: str  # error | warning | note
     message: str
     event: int | None = None  # the first broken event row, when the finding is about one
+    category: str = "content"  # content (log, tables, files) | signature (another key, not signed)
 
 
 @dataclass
@@ -64,8 +70,12 @@ class Verification:
     def first_broken_event(self) -> int | None:
         return next((f.event for f in self.findings if f.level == "error" and f.event is not None), None)
 
-    def error(self, message: str, event: int | None = None) -> None:
-        self.findings.append(Finding("error", message, event))
+    @property
+    def signature_failed(self) -> bool:
+        return any(f.level == "error" and f.category == "signature" for f in self.findings)
+
+    def error(self, message: str, event: int | None = None, category: str = "content") -> None:
+        self.findings.append(Finding("error", message, event, category))
 
     def warning(self, message: str) -> None:
         self.findings.append(Finding("warning", message))
@@ -278,14 +288,6 @@ def _check_blob(store: Store, path: Path, sha: str, what: str, result: Verificat
         result.error(f"{what} {path.name} was changed (SHA-256 mismatch)")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def expected_fingerprint(store: Store, model_dir: str | Path) -> dict[str, Any]:
     """What the log says ``model_dir`` should hold: the ``saving`` event of the run named
     in its ``kedsl.json`` (or, without one, the newest save logged to that path)."""
@@ -316,12 +318,47 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return load_saved_model(model_dir).fingerprint()
 
 
-def verify_model(store: Store, model_dir: str | Path, result: Verification | None = None) -> Verification:
-    """Recompute ``model_dir``'s fingerprint and compare it with the log's (imports torch)."""
+def verify_model(
+    store: Store,
+    model_dir: str | Path,
+    result: Verification | None = None,
+    *,
+    public_key: str | Path | None = None,
+    identity: str | None = None,
+    oidc_issuer: str | None = None,
+) -> Verification:
+    """Check every file of ``model_dir`` against the digests the log recorded at save,
+    recompute its fingerprint and compare it with the log's (imports torch); with
+    ``public_key`` (or a sigstore ``identity`` and ``oidc_issuer``) also its signature,
+    its signed attestation, and the database against the signed lineage."""
     result = result or Verification()
-    expected = expected_fingerprint(store, model_dir)
+    d = Path(model_dir).absolute()
+    if public_key is None and identity is None and (d / SIGNATURE_FILE).is_file():
+        result.note(f"{d} is signed ({SIGNATURE_FILE}); its signature was not checked: pass --key PUB")
+    try:
+        expected = expected_fingerprint(store, model_dir)
+    except UnreadableRecord as exc:  # a changed kedsl.json: a finding, not a usage error
+        result.error(f"{d}: kedsl.json was changed outside kedsl ({exc.message})")
+        if public_key is not None or identity is not None:  # the signed statement names its run and files
+            verify_signed(store, d, None, result, public_key, identity, oidc_issuer)
+        result.model = {"path": str(d), "actual": None, "matches": False}
+        return result
     record = expected.pop("record")
     prov = (record or {}).get("provenance") or {}
+    files_ok = verify_files(store, d, expected["run_id"], result)
+    if public_key is not None or identity is not None:
+        verify_signed(store, d, prov.get("run_id"), result, public_key, identity, oidc_issuer)
+    head = prov.get("log_head")
+    if head:
+        if store.event_hash_at(head["event"]) != head["hash"]:
+            result.error(
+                f"the log no longer holds event {head['event']} with the hash {model_dir} was saved with: "
+                "the log was rewritten or truncated after this model was saved",
+                head["event"],
+            )
+    if not files_ok:  # the files that changed are named; loading changed files proves nothing more
+        result.model = {**expected, "path": str(d), "actual": None, "matches": False}
+        return result
     try:  # loading installs the attachments and checks each one's recorded digest
         actual = model_fingerprint(model_dir)
     except ModelError as exc:
@@ -337,14 +374,6 @@ def verify_model(store: Store, model_dir: str | Path, result: Verification | Non
     elif record.get("fingerprint") != expected["fingerprint"]:
         result.error(f"{model_dir}/kedsl.json claims fingerprint {str(record.get('fingerprint'))[:16]}, "
                      f"but the log records {expected['fingerprint'][:16]} for run {expected['run_id']}")
-    head = prov.get("log_head")
-    if head:
-        if store.event_hash_at(head["event"]) != head["hash"]:
-            result.error(
-                f"the log no longer holds event {head['event']} with the hash {model_dir} was saved with: "
-                "the log was rewritten or truncated after this model was saved",
-                head["event"],
-            )
     if not expected["matches"]:
         result.error(
             f"the weights in {model_dir} have fingerprint {actual[:16]}, but the log says run {expected['run_id']} "

@@ -4,7 +4,6 @@ training files' SHA-256, the validation curve, the training run in the provenanc
 Nothing is pickled; the tensors' SHA-256 is recorded and checked on every load."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,18 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import ModelError, UsageError
+from ..files import file_sha256
 from ..model.handle import LoadedModel
 from ..registry.editors import EDITOR_CONFIG, EDITOR_TENSORS, read_editor_config
 from ..toolkit.stats import base_fingerprint
 
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_lineage(model: LoadedModel) -> set[str]:
