@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     MODEL = 4  # the model could not be found, fetched or loaded
     STORE = 5  # the provenance database is missing, locked, corrupt or foreign
     DATA = 6  # an input file (benchmark data, corpus) is missing or malformed
+    RANK_FAILED = 7  # a rank of a distributed run (torchrun, --workers) died or failed
 
 
 class KedslError(Exception):
