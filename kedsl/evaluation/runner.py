@@ -471,7 +471,7 @@ def _check_restored(model: Any, outcome: Any) -> None:
     import torch
 
     for name, ch in outcome.changes.items():
-        now = model.parameter(name).detach().to("cpu")
+        now = model.read_weight(name).to("cpu")
         if not torch.equal(now, ch.before):
             raise RuntimeError(f"undo did not restore {name} bit-exactly")
 
