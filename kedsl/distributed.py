@@ -180,10 +180,13 @@ def launched_world_size() -> int:
         return 1
 
 
-def ranks_from_environment(timeout_s: float = 1800.0) -> Ranks | None:
+def ranks_from_environment(timeout_s: float = 24 * 3600.0) -> Ranks | None:
     """Join the process group the launcher set up (``torchrun``, ``--workers``), or None
     for a run of one process. CPU tensors go through gloo; where CUDA is available NCCL
-    carries CUDA tensors and each rank uses the GPU of its ``LOCAL_RANK``."""
+    carries CUDA tensors and each rank uses the GPU of its ``LOCAL_RANK``. ``timeout_s``
+    bounds a collective: generous, since a rank that finished its share waits in one for
+    the slowest rank's last group (a dead rank is caught sooner, by the launcher or by
+    rank 0's heartbeat check)."""
     import torch.distributed as dist
 
     if launched_world_size() <= 1:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import REPO, STATS_CORPUS, make_tiny_llama
+from conftest import REPO, STATS_CORPUS, knowedit_data_dir, make_tiny_llama
 
 ZSRE = Path(__file__).parent / "fixtures" / "zsre_slice_50_59.json"
 METRICS = ["efficacy", "generalization", "locality", "pre_efficacy"]
@@ -27,6 +27,15 @@ MEMIT = {"layers": [1, 2], "mom2_samples": 1500, "stats_corpus": STATS_CORPUS, "
 #: (method, parameters, mode, batch size): 5 cases, so the ranks' shares differ in size
 RUNS = [("rome", ROME, "single", 1), ("memit", MEMIT, "batch", 2)]
 STATS = [([1, 2], STATS_CORPUS, 700), ([3], "model", 300)]  # (layers, corpus, tokens): a row cut inside; the sampled corpus
+SUITE = {"methods": ["ft_m"], "params": {"ft_m": {"layer": 1, "steps": 2}}, "datasets": ["ZsRE"]}
+
+
+def _suite(model, data_dir, out, ranks=None):
+    from kedsl.evaluation.suite import run_suite
+    from kedsl.registry import get_registry
+
+    return run_suite(model, get_registry(), "knowedit", SUITE["methods"], data_dir, out, params=SUITE["params"], datasets=SUITE["datasets"],
+                     ranks=ranks)  # fmt: skip
 
 
 def _free_port() -> int:
@@ -58,9 +67,10 @@ def _settings(method, params, mode, batch):
     return BenchSettings(method, dict(params), mode=mode, batch_size=batch, metrics=METRICS)
 
 
-def _rank(rank: int, world: int, port: int, model_dir: str, shared_stats: str, out: str, threads: int) -> None:
+def _rank(rank: int, world: int, port: int, model_dir: str, shared_stats: str, out: str, threads: int, data_dir: str) -> None:
     """One rank: the statistics (each rank with a stats folder of its own: rank 0's cache
-    decides, rank 0 alone writes), then the benchmark runs (a shared, warm stats folder)."""
+    decides, rank 0 alone writes), then the benchmark runs (a shared, warm stats folder)
+    and a suite (into a folder of its own per rank: only rank 0's gets files)."""
     from safetensors.torch import save_file
 
     from kedsl.distributed import ranks_from_environment
@@ -80,6 +90,8 @@ def _rank(rank: int, world: int, port: int, model_dir: str, shared_stats: str, o
     for method, params, mode, batch in RUNS:
         result = _bench(model, _settings(method, params, mode, batch), ranks)
         (Path(out) / f"{method}-rank{rank}.json").write_text(json.dumps(result.to_json()))
+    aggregates = _suite(model, data_dir, Path(out) / f"suite-rank{rank}", ranks)
+    (Path(out) / f"suite-aggregates-rank{rank}.json").write_text(json.dumps(aggregates))
     ranks.close()
 
 
@@ -104,6 +116,8 @@ def two_ranks(tiny_tokenizer, tmp_path_factory):
         one_stats = [second_moments(model, layers, corpus, samples) for layers, corpus, samples in STATS]
         os.environ["KEDSL_STATS_DIR"] = str(shared)  # the edits' statistics, computed once here and read by both ranks
         one_bench = {m: _bench(model, _settings(m, p, mode, b)).to_json() for m, p, mode, b in RUNS}
+        data_dir = knowedit_data_dir(root / "data")
+        one_suite = _suite(model, data_dir, root / "suite-one")
     finally:
         if saved is None:
             os.environ.pop("KEDSL_STATS_DIR", None)
@@ -111,10 +125,11 @@ def two_ranks(tiny_tokenizer, tmp_path_factory):
             os.environ["KEDSL_STATS_DIR"] = saved
     out = root / "ranks"
     out.mkdir()
-    mp.spawn(_rank, args=(2, _free_port(), str(model_dir), str(shared), str(out), torch.get_num_threads()), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, _free_port(), str(model_dir), str(shared), str(out), torch.get_num_threads(), str(data_dir)), nprocs=2, join=True)
     ranks_stats = [[load_file(str(out / f"mom2-{i}-rank{r}.safetensors")) for i in range(len(STATS))] for r in range(2)]
     ranks_bench = [{m: json.loads((out / f"{m}-rank{r}.json").read_text()) for m, *_ in RUNS} for r in range(2)]
-    return {"one_stats": one_stats, "ranks_stats": ranks_stats, "one_bench": one_bench, "ranks_bench": ranks_bench, "out": out, "alone": alone}
+    return {"one_stats": one_stats, "ranks_stats": ranks_stats, "one_bench": one_bench, "ranks_bench": ranks_bench, "out": out, "alone": alone,
+            "one_suite": (one_suite, root / "suite-one"), "ranks_suite": [json.loads((out / f"suite-aggregates-rank{r}.json").read_text()) for r in range(2)]}
 
 
 def test_two_ranks_give_the_one_process_benchmark_in_single_and_batch_mode(two_ranks):
@@ -145,6 +160,36 @@ def test_statistics_over_two_ranks_match_one_process_and_only_rank_0_writes(two_
         if name.endswith(".safetensors"):
             meta = load_file(str(two_ranks["out"] / "stats-rank0" / name))
             assert set(meta) == {"mom2"}
+
+
+def test_a_suite_over_two_ranks_gives_the_one_process_cells_and_only_rank_0_writes(two_ranks):
+    one, one_dir = two_ranks["one_suite"]
+    drop = lambda agg: {d: {m: {k: v for k, v in a.items() if k != "seconds_per_edit"} for m, a in by_m.items()} for d, by_m in agg.items()}  # noqa: E731
+    assert one["ZsRE"]["ft_m"]["cases"] == 2
+    for rank in range(2):
+        assert drop(two_ranks["ranks_suite"][rank]) == drop(one)
+    written = sorted(str(p.relative_to(two_ranks["out"] / "suite-rank0")) for p in (two_ranks["out"] / "suite-rank0").rglob("*") if p.is_file())
+    assert written == sorted(str(p.relative_to(one_dir)) for p in one_dir.rglob("*") if p.is_file())
+    assert not (two_ranks["out"] / "suite-rank1").exists()
+
+
+def test_rank_0_names_a_rank_whose_heartbeat_stopped(monkeypatch):
+    import torch.distributed as dist
+
+    from kedsl import distributed
+    from kedsl.distributed import RankError, Ranks
+
+    monkeypatch.setattr(distributed, "SILENCE_LIMIT_S", 0.5)
+    monkeypatch.setattr(distributed, "HEARTBEAT_S", 0.1)
+    ranks = Ranks(rank=0, world=3, store=dist.HashStore(), collective_device=torch.device("cpu"))
+    ranks.start_heartbeat()  # rank 0 beats; ranks 1 and 2 did their part, then fell silent
+    ranks.add("beat/1", 1)
+    ranks.add("beat/2", 1)
+    ranks.add("done", 3)
+    with pytest.raises(RankError, match="rank 1, 2 of 3 died or stopped answering during the edits") as exc:
+        ranks.wait_for_count("done", 5, lambda n: None, "the edits")
+    assert exc.value.exit_code == 7
+    ranks.close()
 
 
 def test_sequential_mode_is_refused_before_anything_starts():

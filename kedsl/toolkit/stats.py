@@ -271,6 +271,7 @@ def second_moments(
             tmp = private_temp(path)
             save_file({"mom2": mom2.cpu()}, str(tmp), metadata={"count": str(count), "corpus": corpus, "layer": str(l)})
             tmp.replace(path)
+            log.info("statistics written to %s%s", path, what)
         out[l] = mom2.to(model.device)
     log.info("statistics for layers %s done in %.1fs%s", missing, time.perf_counter() - t0, what)
     return out
