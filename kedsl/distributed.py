@@ -152,14 +152,17 @@ class Ranks:
         """The error for a run that lost ranks during ``what``: the ranks named when known
         (given, or those whose heartbeat stopped)."""
         if ranks is None:
-            since: dict[int, tuple[int, float]] = {}
-            self.silent_ranks(since)
-            time.sleep(min(3 * HEARTBEAT_S, SILENCE_LIMIT_S))
-            ranks = [r for r in range(self.world) if r != self.rank and self.add(f"beat/{r}", 0) == since[r][0]]
-        names = ", ".join(str(r) for r in ranks) if ranks else "unknown"
+            try:  # whose heartbeat stands still over a few beats
+                since: dict[int, tuple[int, float]] = {}
+                self.silent_ranks(since)
+                time.sleep(min(3 * HEARTBEAT_S, SILENCE_LIMIT_S))
+                ranks = [r for r in range(self.world) if r != self.rank and self.add(f"beat/{r}", 0) == since[r][0]]
+            except Exception:  # noqa: BLE001 - the store went down with the run: the ranks stay unnamed
+                ranks = []
+        who = f"rank {', '.join(str(r) for r in ranks)} of {self.world}" if ranks else f"a rank of {self.world}"
         detail = f" ({exc})" if exc is not None else ""
         return RankError(
-            f"rank {names} of {self.world} died or stopped answering during {what}{detail}; the run is incomplete and nothing was written",
+            f"{who} died or stopped answering during {what}{detail}; the run is incomplete and nothing was written",
             "see that rank's output above for its error; start the run again",
         )
 
