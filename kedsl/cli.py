@@ -501,7 +501,12 @@ def fmt(file: str, write: bool, check_only: bool) -> None:
 @click.option("--format", "data_format", type=click.Choice(list(DATA_FORMATS)), default=None, help="Data format (default: detected).")
 @click.option("--mode", type=click.Choice(["single", "sequential", "batch"]), default="single", show_default=True,
               help="single: each edit alone, undone after measuring; sequential: edits accumulate, measured at the end; batch: groups of --batch-size in one call.")
-@click.option("--batch-size", type=int, default=None, help="Edits per method call in --mode batch (default 1).")
+@click.option("--batch-size", type=int, default=None, help="Edits per method call in --mode batch, and per turn in --mode sequential for batch methods (default 1).")
+@click.option("--checkpoints", type=int, default=None, metavar="N",
+              help="--mode sequential: measure every N edits (the degradation curve: JSON `curve`, and a PNG with --plot).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+              help="With --checkpoints: save a resumable state at each checkpoint here; the same command again resumes after the last one.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="With --checkpoints: draw the curve into this PNG.")
 @click.option("--param", "param_args", multiple=True, metavar="NAME=VALUE",
               help="A method parameter (repeatable), e.g. --param layer=8; with --suite METHOD.NAME=VALUE.")
 @click.option("--metrics", "metric_list", default=None, metavar="A,B,...",
@@ -515,8 +520,9 @@ def fmt(file: str, write: bool, check_only: bool) -> None:
 @handle_errors
 def bench(data: str | None, method: str | None, suite: str | None, method_list: str | None, dataset_list: str | None,
           data_dir: str | None, out_dir: str | None, model_ref: str, dtype: str, split: str | None, limit: int | None, offset: int,
-          data_format: str | None, mode: str, batch_size: int | None, param_args: tuple[str, ...], metric_list: str | None,
-          json_out: str | None, seed: int, device: str, workers: int | None) -> None:  # fmt: skip
+          data_format: str | None, mode: str, batch_size: int | None, checkpoints: int | None, checkpoint_dir: str | None,
+          plot_out: str | None, param_args: tuple[str, ...], metric_list: str | None, json_out: str | None, seed: int, device: str,
+          workers: int | None) -> None:  # fmt: skip
     """Benchmark a method on DATA (ZsRE, KnowEdit, WikiBio, ConvSent, Sanitation or
     CounterFact records): the KnowEdit table (Edit Succ., Generalization, Portability,
     Locality, Fluency and each dataset's own) plus efficacy_gen and the pre-edit efficacy,
@@ -538,9 +544,12 @@ def bench(data: str | None, method: str | None, suite: str | None, method_list: 
 
     registry = get_registry()
     metrics = [m.strip() for m in metric_list.split(",") if m.strip()] if metric_list is not None else None
-    settings = BenchSettings(method=method, mode=mode, batch_size=batch_size or 1, metrics=metrics, seed=seed)
+    settings = BenchSettings(method=method, mode=mode, batch_size=batch_size or 1, metrics=metrics, seed=seed,
+                             checkpoints=checkpoints, checkpoint_dir=checkpoint_dir)  # fmt: skip
     spec = check_settings(registry, settings)  # everything that needs no model fails fast
     check_splittable(settings, _world_size(workers))
+    if plot_out is not None and checkpoints is None:
+        raise UsageError("--plot draws the curve of --checkpoints N", "add --checkpoints, e.g. --checkpoints 100")
     settings.params = parse_param_args(spec, param_args)
     loaded = read_cases(data, format=data_format, limit=limit, offset=offset, indices=split_indices(data, split or "all"))
     cases = loaded.cases
@@ -559,15 +568,86 @@ def bench(data: str | None, method: str | None, suite: str | None, method_list: 
         model = load_model(model_ref, settings_model, registry)
         info = {"data_path": str(Path(data).absolute()), "data_sha256": data_sha256(data), "format": fmt, "limit": limit, "offset": offset,
                 "split": split or "all", "dtype": dtype, "skipped_records": [{"index": i, "why": why} for i, why in loaded.skipped]}  # fmt: skip
-        result = run_bench(model, cases, settings, registry=registry, data=info, progress=lambda done, total, message: say(f"[{done}/{total}] {message}"),
-                           ranks=ranks)  # fmt: skip
+        eta = _Eta()
+        result = run_bench(model, cases, settings, registry=registry, data=info, ranks=ranks,
+                           progress=lambda done, total, message: say(f"[{done}/{total}{eta(done, total)}] {message}"))  # fmt: skip
         if ranks and not ranks.is_main:
             return
         click.echo(result.table())
+        if result.curve:
+            click.echo(_curve_table(result.curve))
         if json_out:
             with open(json_out, "w", encoding="utf-8") as f:
                 json.dump(result.to_json(), f, indent=1, ensure_ascii=False)
             click.echo(f"wrote {json_out}", err=True)
+        if plot_out:
+            from .plots import degradation_curves
+
+            label = f"{spec.name} on {Path(model_ref).name}"
+            click.echo(f"wrote {degradation_curves([(label, result.curve)], 'sequential edits', plot_out)}", err=True)
+
+
+@main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_png", required=True, type=click.Path(dir_okay=False), help="The PNG to draw.")
+@click.option("--title", default="sequential edits", show_default=True)
+@handle_errors
+def curve(results: tuple[str, ...], out_png: str, title: str) -> None:
+    """Draw the degradation curves of `kedsl bench --mode sequential --checkpoints N`
+    result files: one file, a line per metric; several, a panel per metric and a line per
+    file (labelled by method, and model where they differ)."""
+    runs = []
+    for path in results:
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: not a readable JSON result ({exc})", "give files written by kedsl bench --json") from None
+        if not isinstance(doc, dict) or not doc.get("curve"):
+            raise DataError(f"{path} holds no curve", "run kedsl bench --mode sequential --checkpoints N --json FILE")
+        runs.append((doc.get("config", {}), doc["curve"]))
+    models = {c.get("model") for c, _ in runs}
+    labelled = [(str(c.get("method")) + (f" ({c.get('model')})" if len(models) > 1 else ""), cv) for c, cv in runs]
+    from .plots import degradation_curves
+
+    click.echo(f"wrote {degradation_curves(labelled, title, out_png)}")
+
+
+class _Eta:
+    """`, ETA 3m20s` from the pace since the first progress report that moved."""
+
+    def __init__(self) -> None:
+        self.start: tuple[float, int] | None = None
+
+    def __call__(self, done: int, total: int) -> str:
+        now = time.monotonic()
+        if self.start is None or done < self.start[1]:
+            self.start = (now, done)
+            return ""
+        t0, d0 = self.start
+        if done <= d0 or done >= total:
+            return ""
+        left = (now - t0) / (done - d0) * (total - done)
+        return f", ETA {_duration(left)}"
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _curve_table(curve: list[dict[str, Any]]) -> str:
+    """The degradation curve as a Markdown table (values in %, fluency as it is)."""
+    metrics = [m for m in curve[0]["metrics"]]
+    head = "| edits | " + " | ".join(metrics) + " | method s |"
+    rows = [head, "|" + "---:|" * (len(metrics) + 2)]
+    for p in curve:
+        cells = []
+        for m in metrics:
+            v = p["metrics"][m]
+            cells.append("" if v is None else f"{v:.2f}" if m.startswith("fluency") else f"{100 * v:.2f}")
+        rows.append(f"| {p['edits']} | " + " | ".join(cells) + f" | {p['seconds']:.0f} |")
+    return "\n".join(rows)
 
 
 def _bench_suite(suite: str, method_list: str | None, dataset_list: str | None, data_dir: str | None, out_dir: str | None,

@@ -101,6 +101,68 @@ def training_curve(curve: Sequence[dict[str, Any]], title: str, path: str | Path
     return _save(plt, fig, path)
 
 
+def degradation_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], title: str, path: str | Path) -> Path:
+    """How a model holds up as sequential edits accumulate (``kedsl bench --mode
+    sequential --checkpoints N``). ``runs``: (label, curve) pairs, a curve being the points
+    of one result file. One run: one panel, a line per metric. Several: a panel per metric,
+    a line per run, so methods compare on the same axes."""
+    plt = _pyplot()
+    metrics: list[str] = []
+    for _, curve in runs:
+        for point in curve:
+            metrics += [m for m, v in point["metrics"].items() if v is not None and m not in metrics]
+    if not metrics:
+        raise ValueError("the curves hold no measured values")
+
+    def xy(curve: Sequence[dict[str, Any]], m: str) -> tuple[list[int], list[float]]:
+        pts = [(p["edits"], p["metrics"][m] * _percent(m)) for p in curve if p["metrics"].get(m) is not None]
+        return [x for x, _ in pts], [y for _, y in pts]
+
+    if len(runs) == 1:
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=150)
+        entropy = [m for m in metrics if _percent(m) == 1.0]
+        right = ax.twinx() if entropy else None  # fluency (an entropy) on its own scale
+        for i, m in enumerate(metrics):
+            target = right if m in entropy else ax
+            target.plot(*xy(runs[0][1], m), marker="s" if m in entropy else "o", markersize=3, linestyle="--" if m in entropy else "-",
+                        color=f"C{i}", label=_metric_label(m))  # fmt: skip
+        _curve_axes(ax, f"{title}: {runs[0][0]}", "accuracy (%)")
+        if right is not None:
+            right.set_ylabel("fluency (n-gram entropy)")
+            handles = ax.get_legend_handles_labels()
+            extra = right.get_legend_handles_labels()
+            ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7)
+    else:
+        cols = min(3, len(metrics))
+        rows = (len(metrics) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), dpi=150, squeeze=False)
+        for ax, m in zip(axes.flat, metrics):
+            for label, curve in runs:
+                ax.plot(*xy(curve, m), marker="o", markersize=3, label=label)
+            _curve_axes(ax, _metric_label(m), "value")
+        for ax in list(axes.flat)[len(metrics):]:
+            ax.set_visible(False)
+        fig.suptitle(title, fontsize=10)
+    return _save(plt, fig, path)
+
+
+def _percent(metric: str) -> float:
+    """Accuracies are drawn in % (as the tables); fluency is an entropy, drawn as it is."""
+    return 1.0 if metric.startswith("fluency") or metric.startswith("pre_fluency") else 100.0
+
+
+def _metric_label(metric: str) -> str:
+    return metric.replace("_", " ") + ("" if _percent(metric) == 1.0 else " (%)")
+
+
+def _curve_axes(ax: Any, title: str, ylabel: str) -> None:
+    ax.set_xlabel("edits so far")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def _save(plt: Any, fig: Any, path: str | Path) -> Path:
     fig.tight_layout()
     out = Path(path)

@@ -118,3 +118,67 @@ def method_params(plugin, name: str, fast: dict, **over):
 
     spec = Registry(plugins=[plugin], entry_points=False).method(name)
     return resolve_params(spec.params, {**fast, **over})
+
+
+def edit_script(path, model_ref: str, subject: str, target: str, method: str, fast: dict, expect: str = ""):
+    """A one-edit script for ``method`` (its ``fast`` settings, ``layers`` written as a
+    range), through the relation "The city of {}"; ``expect`` lines follow it."""
+    import json
+
+    args = ", ".join([f"layers={min(fast['layers'])}..{max(fast['layers'])}"] * ("layers" in fast)
+                     + [f"{k}={json.dumps(v)}" for k, v in fast.items() if k != "layers"])  # fmt: skip
+    path.write_text(
+        f'model "{model_ref}";\nrelation near "The city of {{}}";\n'
+        f'edit "{subject}" near -> "{target}" using {method}({args});\n{expect}'
+    )
+    return path
+
+
+def state_registry(plugin):
+    """A registry of ``plugin`` and the built-ins an apply needs (architectures, metrics,
+    relations, sources), without entry points."""
+    import kedsl_architectures
+    import kedsl_metrics
+    import kedsl_relations
+    import kedsl_sources
+    from kedsl.registry import Registry
+
+    return Registry(plugins=[plugin, kedsl_architectures, kedsl_metrics, kedsl_relations, kedsl_sources], entry_points=False)
+
+
+def check_state_lifecycle(plugin, method: str, fast: dict, tokenizer, tmp_path) -> tuple[dict, dict]:
+    """A method's sequential state through ``kedsl apply`` on a tiny LLaMA: saved beside
+    the weights and listed in kedsl.json, restored exactly on reload, untouched (weights
+    too) by an edit that fails its expectation and is rolled back, and carried on by a
+    kept edit. Returns (state after the first edit, state after the last) for the
+    method's own checks."""
+    import json
+
+    import torch
+
+    from kedsl import api
+    from kedsl.model.loading import load_model
+    from kedsl.model.saving import STATE_FILE
+
+    registry = state_registry(plugin)
+    model = sharpen(make_tiny_llama(tokenizer))
+    script = lambda name, subject, target, expect="": str(edit_script(tmp_path / name, "tiny" if name == "a.ke" else "x", subject, target, method, fast, expect))  # noqa: E731
+    report = api.apply(script("a.ke", "Paris", "University"), db=tmp_path / "k.db", out=tmp_path / "one", model=model, registry=registry)
+    assert [r.status for r in report.edits] == ["applied"]
+    saved = {k: v.clone() for k, v in model.method_state[method].items()}
+    assert saved and (tmp_path / "one" / STATE_FILE).is_file()
+    assert json.loads((tmp_path / "one" / "kedsl.json").read_text())["method_state"]["entries"] == sorted(f"{method}/{k}" for k in saved)
+
+    reloaded = load_model(str(tmp_path / "one"), {}, registry)
+    assert sorted(reloaded.method_state[method]) == sorted(saved)
+    assert all(torch.equal(reloaded.method_state[method][k], v) for k, v in saved.items())
+
+    fp = reloaded.fingerprint()
+    report = api.apply(script("b.ke", "Toyota", "French", "expect efficacy >= 2.0;\n"), db=tmp_path / "k.db", model=reloaded, registry=registry)
+    assert [r.status for r in report.edits] == ["rolled_back"]
+    assert reloaded.fingerprint() == fp
+    assert all(torch.equal(reloaded.method_state[method][k], v) for k, v in saved.items())
+
+    report = api.apply(script("c.ke", "Toyota", "French"), db=tmp_path / "k.db", model=reloaded, registry=registry)
+    assert [r.status for r in report.edits] == ["applied"]
+    return saved, dict(reloaded.method_state[method])

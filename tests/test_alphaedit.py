@@ -3,18 +3,16 @@ update stays in the null space of the preserved keys, edits land, the accumulate
 state grows with the sequence, rolls back with a failed edit and survives save/reload."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import STATS_CORPUS, method_params, sharpen
+from conftest import STATS_CORPUS, check_state_lifecycle, method_params, sharpen
 
 import kedsl_alphaedit
 from kedsl.editing.outcome import EditContext
 from kedsl.editing.request import EditRequest
 from kedsl.model.journal import WeightJournal
-from kedsl.registry import Registry
 from kedsl.toolkit.scoring import teacher_forced
 
 REQUESTS = [
@@ -112,54 +110,11 @@ def test_update_solves_its_projected_system():
     assert (dw3 @ kp).norm() < (dw @ kp).norm()
 
 
-def _script(tmp_path, name, model_ref, subject, target, expect=""):
-    args = ", ".join(f"{k}={json.dumps(v)}" for k, v in FAST.items() if k != "layers")
-    path = tmp_path / name
-    path.write_text(
-        f'model "{model_ref}";\nrelation near "The city of {{}}";\n'
-        f'edit "{subject}" near -> "{target}" using alphaedit(layers=1..2, {args});\n{expect}'
-    )
-    return path
-
-
 def test_state_is_saved_with_the_model_restored_on_reload_and_rolled_back_on_failure(tiny_tokenizer, tmp_path):
-    from conftest import make_tiny_llama
-
-    import kedsl_architectures
-    import kedsl_metrics
-    import kedsl_relations
-    import kedsl_sources
-    from kedsl import api
-    from kedsl.model.loading import load_model
-    from kedsl.model.saving import STATE_FILE
-
-    registry = Registry(plugins=[kedsl_alphaedit, kedsl_architectures, kedsl_metrics, kedsl_relations, kedsl_sources], entry_points=False)
-    model = sharpen(make_tiny_llama(tiny_tokenizer))
-    report = api.apply(str(_script(tmp_path, "a.ke", "tiny", "Paris", "University")), db=tmp_path / "k.db", out=tmp_path / "one", model=model, registry=registry)
-    assert [r.status for r in report.edits] == ["applied"]
-    saved_state = {k: v.clone() for k, v in model.method_state["alphaedit"].items()}
-    assert (tmp_path / "one" / STATE_FILE).is_file()
-    assert json.loads((tmp_path / "one" / "kedsl.json").read_text())["method_state"]["entries"] == ["alphaedit/cache.1", "alphaedit/cache.2"]
-
-    reloaded = load_model(str(tmp_path / "one"), {}, registry)
-    assert sorted(reloaded.method_state["alphaedit"]) == ["cache.1", "cache.2"]
-    for k, v in saved_state.items():
-        assert torch.equal(reloaded.method_state["alphaedit"][k], v)
-
-    # a failing expectation rolls the edit back: weights and state as before
-    fp = reloaded.fingerprint()
-    failing = _script(tmp_path, "b.ke", "x", "Toyota", "French", 'expect efficacy >= 2.0;\n')
-    report = api.apply(str(failing), db=tmp_path / "k.db", model=reloaded, registry=registry)
-    assert [r.status for r in report.edits] == ["rolled_back"]
-    assert reloaded.fingerprint() == fp
-    for k, v in saved_state.items():
-        assert torch.equal(reloaded.method_state["alphaedit"][k], v)
-
-    # a kept second edit continues the sequence from the saved state
-    report = api.apply(str(_script(tmp_path, "c.ke", "x", "Toyota", "French")), db=tmp_path / "k.db", model=reloaded, registry=registry)
-    assert [r.status for r in report.edits] == ["applied"]
-    for k, v in saved_state.items():
-        assert float((reloaded.method_state["alphaedit"][k] - v).norm()) > 0
+    first, last = check_state_lifecycle(kedsl_alphaedit, "alphaedit", FAST, tiny_tokenizer, tmp_path)
+    assert sorted(first) == ["cache.1", "cache.2"]
+    for k, v in first.items():  # the kept second edit added its keys to the accumulated ones
+        assert float((last[k] - v).norm()) > 0
 
 
 def test_descriptor_module_imports_without_torch():

@@ -27,6 +27,7 @@ BUILT_IN = {
     "adalora": {"layers": [1, 2], "lr": 1e-2, "steps": 5},
     "ike": {"layer": 1},
     "grace": {"layer": 2, "steps": 10},
+    "ultraedit": {"layers": [1, 2], "lr": 0.01, "steps": 3, "ridge": 0.01},
 }
 
 

@@ -23,6 +23,7 @@ from kedsl.plugin.testing import check_method
 from kedsl.registry import Registry
 from kedsl.registry.params import resolve_params
 from kedsl.training.loop import LoopSettings, train
+from kedsl.toolkit import gradients as G
 from kedsl_mend import editor as E
 
 FIX = Path(__file__).parent / "fixtures"
@@ -54,11 +55,11 @@ def test_training_lowers_the_validation_edit_loss(trained):
 
 
 def test_the_gradient_factors_are_the_weight_gradient(tiny_llama):
-    batch = E.encode(tiny_llama, [(EIFFEL.prompt, EIFFEL.target), ("The Louvre is located in the city of", "Paris")])
+    batch = G.encode_answers(tiny_llama, [(EIFFEL.prompt, EIFFEL.target), ("The Louvre is located in the city of", "Paris")])
     factors = E.gradient_factors(tiny_llama, batch, [2])
     x, d = factors[2]
     w = tiny_llama.parameter(tiny_llama.mlp_out_weight_name(2))
-    loss = E.answer_nll(tiny_llama.model(input_ids=batch.ids, attention_mask=batch.mask).logits, batch.labels)
+    loss = G.answer_nll(tiny_llama.model(input_ids=batch.ids, attention_mask=batch.mask).logits, batch.labels)
     (grad,) = torch.autograd.grad(loss, [w])
     assert torch.allclose(d.T @ x, grad, atol=1e-6, rtol=1e-4)
     assert w.grad is None
@@ -75,7 +76,7 @@ def test_a_mend_edit_is_exactly_what_the_editor_computes(trained, tiny_tokenizer
 
     tensors = load_file(str(out / "editor.safetensors"))
     names = editor["tensors"]
-    factors = E.gradient_factors(model_before := make_tiny_llama(tiny_tokenizer), E.encode(model_before, [(EIFFEL.prompt, EIFFEL.target)]), [2, 3])
+    factors = E.gradient_factors(model_before := make_tiny_llama(tiny_tokenizer), G.encode_answers(model_before, [(EIFFEL.prompt, EIFFEL.target)]), [2, 3])
     expected = E.weight_deltas(model_before, {n: tensors[n] for n in names["parameters"]}, {n: tensors[n] for n in names["buffers"]}, factors)
     assert sorted(outcome.changes) == sorted(expected)
     for name, change in outcome.changes.items():

@@ -6,7 +6,10 @@ Modes:
 * ``single``: each edit is applied to the unedited model, measured, then undone
   bit-exactly through its :class:`~kedsl.editing.outcome.EditOutcome` (the paper's setting);
 * ``sequential``: the edits accumulate (method state carried across edits, as the
-  executor does); every case is measured at the end, on the model holding all edits;
+  executor does), one at a time or, for batch methods, in turns of ``batch_size``; every
+  case is measured at the end, on the model holding all edits, and with ``checkpoints``
+  every that many edits too (the degradation curve; :mod:`.sequential`), where a killed
+  run can resume from;
 * ``batch``: groups of ``batch_size`` requests in one method call (methods with
   ``supports_batch``); each group is applied to the unedited model, measured, undone.
 
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..cache import stats_dir
+from . import sequential as seq
 from ..editing.method import refuse_unsupported_requests
 from ..errors import KedslError, UsageError, did_you_mean
 from ..records import jsonable
@@ -71,6 +75,8 @@ class BenchSettings:
     batch_size: int = 1
     metrics: list[str] | None = None  # None: every metric that applies to the data
     seed: int = 0
+    checkpoints: int | None = None  # sequential: measure the curve every this many edits
+    checkpoint_dir: str | None = None  # sequential: save a resumable state at each checkpoint here
 
 
 @dataclass
@@ -81,8 +87,13 @@ class BenchResult:
     metrics: list[str]  # the measured metrics, table order
     skipped: list[str]  # default metrics left out by the user's selection
 
+    curve: list[dict[str, Any]] = field(default_factory=list)  # sequential with checkpoints
+
     def to_json(self) -> dict[str, Any]:
-        return {"aggregate": self.aggregate, "cases": self.cases, "config": self.config}
+        out = {"aggregate": self.aggregate, "cases": self.cases, "config": self.config}
+        if self.curve:
+            out["curve"] = self.curve
+        return out
 
     def table(self) -> str:
         return render_table(self)
@@ -195,10 +206,19 @@ def check_settings(registry: Registry, settings: BenchSettings) -> MethodSpec:
             f"method `{spec.name}` does not support batch edits",
             "use --mode single or sequential" + (f", or a batch method ({', '.join(batchers)})" if batchers else ""),
         )
-    if settings.mode != "batch" and settings.batch_size != 1:
-        raise UsageError(f"--batch-size applies to --mode batch only (the mode is {settings.mode})")
+    if settings.mode == "single" and settings.batch_size != 1:
+        raise UsageError("--batch-size applies to --mode batch and sequential (turns) only")
     if settings.mode == "sequential" and not spec.supports_sequential:
         raise UsageError(f"method `{spec.name}` does not support sequential edits", "use --mode single")
+    if settings.mode == "sequential" and settings.batch_size != 1 and not spec.supports_batch:
+        raise UsageError(f"method `{spec.name}` edits one fact per call, so it cannot take turns of {settings.batch_size}", "drop --batch-size")
+    if settings.checkpoints is not None:
+        if settings.mode != "sequential":
+            raise UsageError("--checkpoints applies to --mode sequential only", "the curve follows edits as they accumulate")
+        if settings.checkpoints < 1:
+            raise UsageError("--checkpoints must be at least 1")
+    if settings.checkpoint_dir is not None and settings.checkpoints is None:
+        raise UsageError("--checkpoint-dir needs --checkpoints N", "a run saves its state at each checkpoint")
     return spec
 
 
@@ -326,19 +346,53 @@ def run_bench(
     # 2. The edits (across ranks: this rank's share of the groups).
     method = spec.load()
     method_state: dict[str, Any] = {}
-    size = settings.batch_size if settings.mode == "batch" else 1
+    size = settings.batch_size
     groups = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
     mine = ranks.share(list(enumerate(groups))) if ranks else list(enumerate(groups))
     done_key = ranks.fresh_key("bench/done") if ranks else ""
     method_seconds = 0.0
     edited = 0
     edited_fps: dict[int, str] = {}  # group number -> the model's fingerprint with that group's edit in place
+    curve: list[dict[str, Any]] = []
+    touched: set[str] = set()
+    done_groups = 0
+    run_key = seq.run_key({"model_fingerprint": fp_before, "method": spec.name, "params": jsonable(params), "mode": settings.mode,
+                           "batch_size": size, "seed": settings.seed, "data_sha256": (data or {}).get("data_sha256"),
+                           "cases_digest": cases_key, "checkpoints": settings.checkpoints})  # fmt: skip
+    ckpt_dir = Path(settings.checkpoint_dir) if settings.checkpoint_dir else None
+    if ckpt_dir is not None:
+        model.meta["base_fingerprint"] = fp_before  # statistics stay keyed by the unedited model
+        resumed = seq.load_checkpoint(ckpt_dir, run_key, model, spec.name, registry)
+        if resumed is not None:
+            done_groups, saved, touched, method_state = resumed
+            records[:] = saved["records"]
+            curve = saved["curve"]
+            method_seconds, edited = saved["method_seconds"], saved["edited"]
+            say(groups[done_groups - 1][-1] + 1, n, f"resumed from the checkpoint after {done_groups} turn(s)")
+
+    def curve_measure(m: str, idx: list[int]) -> list[Any]:
+        return impls[m].measure(model, [evals[i] for i in idx], [baselines[m][i] for i in idx] if m in baselines else None)
+
+    def after_turn(g_no: int, group: list[int]) -> None:
+        """Sequential mode: the curve point (and checkpoint) due after this turn, if any."""
+        reached = group[-1] + 1
+        if not settings.checkpoints or not seq.checkpoint_due(reached - len(group), reached, n, settings.checkpoints):
+            return
+        say(reached, n, f"checkpoint: measuring the {reached} edits so far")
+        so_far = [i for i in range(reached) if records[i]["status"] == "edited"]
+        curve.append(seq.curve_point(reached, so_far, post, curve_measure, method_seconds))
+        log.info("bench: curve at %d edits: %s", reached, curve[-1]["metrics"])
+        if ckpt_dir is not None:
+            progress_doc = {"records": records, "curve": curve, "method_seconds": method_seconds, "edited": edited}
+            seq.save_checkpoint(ckpt_dir, run_key, g_no + 1, progress_doc, model, touched, spec.name, method_state)
 
     def at(group: list[int]) -> int:
         """Where the run stands: this group's first case, or (across ranks) the cases all ranks have done."""
         return ranks.add(done_key, 0) if ranks else group[0]
 
     for g_no, group in mine:
+        if g_no < done_groups:
+            continue
         reqs = [cases[i].request for i in group]
         label = reqs[0].subject if len(reqs) == 1 else f"{len(reqs)} edits"
         say(at(group), n, f"editing {label!r} with {spec.name}")
@@ -361,6 +415,8 @@ def run_bench(
                 records[i].update(status="failed", error=exc.message)
             if ranks:
                 ranks.add(done_key, len(group))
+            if settings.mode == "sequential":
+                after_turn(g_no, group)
             continue
         except BaseException:
             context.rollback(model)
@@ -373,7 +429,10 @@ def run_bench(
         for i in group:
             records[i].update(status="edited", seconds=seconds / len(group))
             records[i]["details"]["method"] = jsonable(outcome.info)
-        if settings.mode != "sequential":
+        if settings.mode == "sequential":
+            touched.update(outcome.changes)
+            after_turn(g_no, group)
+        else:
             # what this group's edit made, for comparing runs (determinism) without keeping it
             edited_fps[g_no] = model.fingerprint()
             for i in group:
@@ -421,7 +480,9 @@ def run_bench(
         **(data or {}),
         "versions": software_versions(registry),
     }
-    return BenchResult(config=config, cases=records, aggregate=aggregate, metrics=table_metrics, skipped=skipped)
+    if settings.checkpoints:
+        config["checkpoints"] = settings.checkpoints
+    return BenchResult(config=config, cases=records, aggregate=aggregate, metrics=table_metrics, skipped=skipped, curve=curve)
 
 
 def _gather_edits(

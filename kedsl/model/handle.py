@@ -68,6 +68,25 @@ class LoadedModel:
     def mlp_out_weight_name(self, layer: int) -> str:
         return self.arch.mlp_out.format(layer) + ".weight"
 
+    def mlp_in_weight_names(self, layer: int) -> list[str]:
+        """The weights of the MLP's input projections of ``layer`` (those that read the
+        block's hidden state: LLaMA's gate and up, GPT-2's c_fc), found by shape under the
+        architecture's ``mlp`` path, in module order."""
+        path = self.arch.mlp.format(layer)
+        out_path = self.arch.mlp_out.format(layer)
+        names = []
+        for sub, mod in self.module(path).named_modules():
+            w = getattr(mod, "weight", None)
+            full = f"{path}.{sub}" if sub else path
+            if full == out_path or not isinstance(w, torch.Tensor) or w.dim() != 2:
+                continue
+            d_in = w.shape[0] if self.arch.transposed else w.shape[1]
+            if d_in == self.hidden_size:
+                names.append(full + ".weight")
+        if not names:
+            raise AssertionError(f"no MLP input projection found under {path}")  # an architecture spec out of step with its model
+        return names
+
     def parameter(self, name: str) -> nn.Parameter:
         """The parameter itself; an offloaded one (device maps) is a meta placeholder:
         read and write its values through :meth:`read_weight` and :meth:`write_weight`."""

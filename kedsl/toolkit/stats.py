@@ -78,9 +78,21 @@ def corpus_id(corpus: str, seed: int) -> str:
     return "ds-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in corpus)
 
 
-def stats_path(model: LoadedModel, layer: int, corpus: str, samples: int, seed: int = 0) -> Path:
+#: Where statistics are taken: the inputs of the MLP's output projection (the keys of the
+#: ROME family), or the MLP's input (what its input projections read: the normed hidden state).
+SITES = ("mlp_out", "mlp_in")
+
+
+def site_path(model: LoadedModel, layer: int, site: str = "mlp_out") -> str:
+    """The module whose input a site's statistics describe."""
+    if site not in SITES:
+        raise AssertionError(f"unknown statistics site {site!r}")
+    return (model.arch.mlp_out if site == "mlp_out" else model.arch.mlp).format(layer)
+
+
+def stats_path(model: LoadedModel, layer: int, corpus: str, samples: int, seed: int = 0, site: str = "mlp_out") -> Path:
     fp = base_fingerprint(model)[:16]
-    return stats_root() / f"{fp}-{model.arch.mlp_out.format(layer)}-{corpus_id(corpus, seed)}-n{samples}.safetensors"
+    return stats_root() / f"{fp}-{site_path(model, layer, site)}-{corpus_id(corpus, seed)}-n{samples}.safetensors"
 
 
 def _model_corpus_rows(model: LoadedModel, samples: int, seed: int) -> list[list[int]]:
@@ -150,21 +162,23 @@ def first_tokens(rows: Iterable[list[int]], samples: int, corpus: str) -> list[l
     return out
 
 
-def _key_width(model: LoadedModel, layer: int) -> int:
-    """The MLP output projection's input width (its keys' length); from the weight's shape,
-    which an offloaded (meta) weight has too."""
-    w = model.parameter(model.mlp_out_weight_name(layer))
-    return int(w.shape[0] if model.arch.transposed else w.shape[1])
+def _input_width(model: LoadedModel, layer: int, site: str) -> int:
+    """The length of a site's vectors: the output projection's key length (from its
+    weight's shape, which an offloaded, meta weight has too), or the hidden size."""
+    if site == "mlp_out":
+        w = model.parameter(model.mlp_out_weight_name(layer))
+        return int(w.shape[0] if model.arch.transposed else w.shape[1])
+    return model.hidden_size
 
 
 @torch.no_grad()
-def _sum_outer_products(model: LoadedModel, layers: Sequence[int], rows: Sequence[list[int]], batch_tokens: int, what: str) -> torch.Tensor:
-    """``Σ k kᵀ`` over every token of ``rows`` for each of ``layers`` (float64, stacked, on
-    the model's device), in batches of about ``batch_tokens`` tokens; the forward pass stops
-    after the deepest layer."""
-    widths = {_key_width(model, l) for l in layers}
+def _sum_outer_products(model: LoadedModel, layers: Sequence[int], site: str, rows: Sequence[list[int]], batch_tokens: int, what: str) -> torch.Tensor:
+    """``Σ k kᵀ`` over every token of ``rows``, ``k`` the site's vector in each of ``layers``
+    (float64, stacked, on the model's device), in batches of about ``batch_tokens`` tokens;
+    the forward pass stops after the deepest layer."""
+    widths = {_input_width(model, l, site) for l in layers}
     if len(widths) != 1:
-        raise RuntimeError(f"the layers {list(layers)} have keys of different widths {sorted(widths)}")
+        raise RuntimeError(f"the layers {list(layers)} have {site} vectors of different widths {sorted(widths)}")
     width = widths.pop()
     sums = torch.zeros(len(layers), width, width, dtype=torch.float64, device=model.device)
     current_mask: list[torch.Tensor] = []
@@ -184,7 +198,7 @@ def _sum_outer_products(model: LoadedModel, layers: Sequence[int], rows: Sequenc
     done = 0
     with hooked() as hs:
         for j, l in enumerate(layers):
-            hs.append(model.mlp_out(l).register_forward_pre_hook(make_pre(j)))
+            hs.append(model.module(site_path(model, l, site)).register_forward_pre_hook(make_pre(j)))
         hs.append(model.layer(max(layers)).register_forward_hook(stop))
         pending: list[list[int]] = []
         pending_tokens = 0
@@ -218,12 +232,14 @@ def second_moments(
     seed: int = 0,
     batch_tokens: int = 4096,
     max_len: int = 256,
+    site: str = "mlp_out",
     ranks: "Ranks | None" = None,
 ) -> dict[int, torch.Tensor]:
     """``{layer: C}`` with ``C = E[k kᵀ]`` (float32, on the model's device) of the MLP output
-    projection's inputs over ``samples`` tokens of ``corpus``. Cached on disk; layers not
-    cached are computed together in one pass over the corpus. With ``ranks`` every rank
-    calls this alike and gets the same result; the ranks share the corpus (module doc)."""
+    projection's inputs (``site="mlp_in"``: of the MLP's inputs) over ``samples`` tokens of
+    ``corpus``. Cached on disk; layers not cached are computed together in one pass over
+    the corpus. With ``ranks`` every rank calls this alike and gets the same result; the
+    ranks share the corpus (module doc)."""
     from safetensors.torch import load_file, save_file
 
     for l in layers:
@@ -232,7 +248,7 @@ def second_moments(
     out: dict[int, torch.Tensor] = {}
     missing = []
     for l in sorted(set(layers)):
-        path = stats_path(model, l, corpus, samples, seed)
+        path = stats_path(model, l, corpus, samples, seed, site)
         if main and path.exists():
             out[l] = load_file(str(path))["mom2"].to(model.device)
             log.debug("statistics cache hit: %s", path.name)
@@ -256,7 +272,7 @@ def second_moments(
     what = f" (rank {ranks.rank} of {ranks.world})" if ranks is not None else ""
     log.info("computing second moments for layers %s over %d tokens of corpus %r%s", missing, samples, corpus, what)
     t0 = time.perf_counter()
-    sums = _sum_outer_products(model, missing, share, batch_tokens, what)
+    sums = _sum_outer_products(model, missing, site, share, batch_tokens, what)
     count = sum(len(r) for r in share)
     if ranks is not None:  # one all-reduce: every layer's sum and the token count together
         flat = torch.cat([sums.reshape(-1), torch.tensor([float(count)], dtype=torch.float64, device=sums.device)])
@@ -267,9 +283,9 @@ def second_moments(
     for j, l in enumerate(missing):
         mom2 = (sums[j] / count).float().contiguous()
         if main:
-            path = stats_path(model, l, corpus, samples, seed)
+            path = stats_path(model, l, corpus, samples, seed, site)
             tmp = private_temp(path)
-            save_file({"mom2": mom2.cpu()}, str(tmp), metadata={"count": str(count), "corpus": corpus, "layer": str(l)})
+            save_file({"mom2": mom2.cpu()}, str(tmp), metadata={"count": str(count), "corpus": corpus, "layer": str(l), "site": site})
             tmp.replace(path)
             log.info("statistics written to %s%s", path, what)
         out[l] = mom2.to(model.device)
@@ -277,6 +293,6 @@ def second_moments(
     return out
 
 
-def second_moment(model: LoadedModel, layer: int, corpus: str = MODEL_CORPUS, samples: int = 32768, seed: int = 0) -> torch.Tensor:
+def second_moment(model: LoadedModel, layer: int, corpus: str = MODEL_CORPUS, samples: int = 32768, seed: int = 0, site: str = "mlp_out") -> torch.Tensor:
     """``C`` for one layer (see :func:`second_moments`)."""
-    return second_moments(model, [layer], corpus, samples, seed)[layer]
+    return second_moments(model, [layer], corpus, samples, seed, site=site)[layer]

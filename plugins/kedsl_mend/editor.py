@@ -12,78 +12,20 @@ starts at zero, so an untrained editor makes a normalised gradient step.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from kedsl.plugin import LoadedModel
-from kedsl.toolkit.tokens import encode_pair
-
-EPS = 1e-6
-
-
-@dataclass
-class Encoded:
-    """A right-padded batch of prompt + answer rows; ``labels`` holds each row's answer
-    tokens at their positions and -100 elsewhere."""
-
-    ids: torch.Tensor
-    mask: torch.Tensor
-    labels: torch.Tensor
-
-
-def encode(model: LoadedModel, pairs: Sequence[tuple[str, str]]) -> Encoded:
-    """``(prompt, answer)`` pairs tokenized jointly (kedsl's rule), right-padded."""
-    encs = [encode_pair(model.tokenizer, p, a) for p, a in pairs]
-    width = max(len(e.input_ids) for e in encs)
-    ids = torch.zeros((len(encs), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, e in enumerate(encs):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        mask[i, :n] = 1
-        labels[i, e.prompt_len : n] = ids[i, e.prompt_len : n]
-    device = model.device
-    return Encoded(ids.to(device), mask.to(device), labels.to(device))
-
-
-def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean NLL of the answer tokens (logits at t - 1 predict token t)."""
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
-
-
-def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
-    """Per row, the share of answer tokens that are the argmax (KnowEdit's Edit Succ.)."""
-    predicted = logits[:, :-1].argmax(-1)
-    gold = labels[:, 1:]
-    out = []
-    for p, g in zip(predicted, gold):
-        sel = g != -100
-        out.append(float((p[sel] == g[sel]).float().mean()) if sel.any() else float("nan"))
-    return out
+from kedsl.toolkit.gradients import EPS, AnswerBatch as Encoded, fold_moments, linear_factors
 
 
 def gradient_factors(model: LoadedModel, batch: Encoded, layers: Sequence[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the inputs ``X`` (tokens x d_in) and output gradients ``D`` (tokens x
     d_out) of its MLP output projection for the answer NLL of ``batch``, over the
     non-padding tokens (``dL/dW = D^T X``). The model's weights get no ``.grad``."""
-    caught: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    handles = [model.module(model.arch.embed).register_forward_hook(lambda m, a, out: out.detach().requires_grad_(True))]
-    for layer in layers:
-        handles.append(model.mlp_out(layer).register_forward_hook(lambda m, args, out, layer=layer: caught.__setitem__(layer, (args[0], out))))
-    try:
-        with torch.enable_grad():
-            logits = model.model(input_ids=batch.ids, attention_mask=batch.mask).logits
-            loss = answer_nll(logits, batch.labels)
-            grads = torch.autograd.grad(loss, [caught[layer][1] for layer in layers])
-    finally:
-        for h in handles:
-            h.remove()
-    keep = batch.mask.bool()
-    return {layer: (caught[layer][0][keep].detach().float(), g[keep].detach().float()) for layer, g in zip(layers, grads)}
+    return linear_factors(model, batch, {layer: model.mlp_out(layer) for layer in layers})
 
 
 def shape_key(model: LoadedModel, layer: int) -> str:
@@ -116,17 +58,8 @@ def init_tensors(model: LoadedModel, layers: Sequence[int], rank: int, init_lr: 
 
 
 def update_statistics(buffers: dict[str, torch.Tensor], key: str, z: torch.Tensor) -> None:
-    """Fold the rows of ``z`` into the running mean and variance (Chan et al.'s merge)."""
-    with torch.no_grad():
-        mean, m2, count = buffers[f"norm.{key}.mean"], buffers[f"norm.{key}.m2"], buffers[f"norm.{key}.count"]
-        n = z.shape[0]
-        batch_mean = z.mean(0)
-        batch_m2 = ((z - batch_mean) ** 2).sum(0)
-        total = count + n
-        delta = batch_mean - mean
-        mean += delta * (n / total)
-        m2 += batch_m2 + delta**2 * (count * n / total)
-        count += n
+    """Fold the rows of ``z`` into the running statistics of the network for ``key``."""
+    fold_moments(buffers[f"norm.{key}.mean"], buffers[f"norm.{key}.m2"], buffers[f"norm.{key}.count"], z)
 
 
 def weight_deltas(

@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
+from kedsl.toolkit.gradients import encode_answers as encode
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method, UsageError, load_editor
 
 from .config import MENDConfig
-from .editor import encode, gradient_factors, weight_deltas
+from .editor import gradient_factors, weight_deltas
 
 log = logging.getLogger(__name__)
 

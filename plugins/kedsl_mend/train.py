@@ -18,10 +18,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kedsl.toolkit.gradients import answer_accuracy, answer_nll, encode_answers as encode
 from kedsl.plugin import LoadedModel, Trainer, TrainingExample
 
 from .config import MENDTrainConfig
-from .editor import answer_accuracy, answer_nll, default_layers, edited_logits, encode, gradient_factors, init_tensors, update_statistics, weight_deltas, shape_key
+from .editor import default_layers, edited_logits, gradient_factors, init_tensors, update_statistics, weight_deltas, shape_key
 
 
 class MENDTrainer(Trainer):

@@ -1,0 +1,56 @@
+"""UltraEdit's parameters, declared once (torch-free: ``kedsl check`` validates scripts
+against them), and its presets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from kedsl.plugin import Depth, MethodConfig, Preset, UsageError, param
+
+if TYPE_CHECKING:
+    from kedsl.plugin import LoadedModel
+
+PROJECTIONS = ("input", "output", "both")
+
+
+@dataclass
+class UltraEditConfig(MethodConfig):
+    """UltraEdit's configuration: which projections it edits, its step and its ridge."""
+
+    method: ClassVar[str] = "ultraedit"
+
+    layers: list[int] = param([10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22], "layers whose MLP projections are edited (a range like 10..22)", type="layers", min=0)
+    projections: str = param("input", "which MLP projections of those layers: 'input' (the ones reading the hidden state: gate and up), 'output' (down), or 'both'", type="str", choices=PROJECTIONS)
+    lr: float = param(1e-5, "step size: each answer token asks its projection for the output change -lr * |x^|^2 * d^ (x^, d^: the normalised input and output gradient)", min=0.0)
+    ridge: float = param(1.0, "lambda in (X^T X + lambda I) dW^T = X^T V: how strongly the change is held small", min=0.0)
+    preserve: float = param(0.0, "weight of the inputs' second moment C over general text in (X^T X + ridge I + preserve C) dW^T = X^T V: holds the outputs of unrelated text in place (0: the paper's identity ridge only; like MEMIT's lambda, in tokens)", min=0.0)
+    mom2_samples: int = param(8192, "tokens of the statistics corpus for C (with preserve > 0)", min=1)
+    stats_corpus: str = param("model", "statistics corpus for C: 'model' (sampled from the model), a .txt/.jsonl file, or a datasets name")
+    steps: int = param(1, "closed-form steps per turn, each from the gradients at the weights the previous step left (1: the paper's single step; the statistics take the first step's factors only)", min=1, max=20)
+    seed: int | None = param(None, "seed of the statistics corpus (default: the run's seed)", min=0)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], default_seed: int = 0) -> Any:
+        cfg = super().from_params(params, default_seed)
+        cfg.layers = sorted(set(cfg.layers))
+        if not cfg.layers:
+            raise UsageError("ultraedit needs at least one layer", "give layers=10..22, for example")
+        return cfg
+
+    def weight_names(self, model: LoadedModel) -> list[str]:
+        """The weights an edit changes; a layer the model lacks is a usage error."""
+        names: list[str] = []
+        for layer in self.layers:
+            model.check_layer(layer)
+            if self.projections in ("input", "both"):
+                names += model.mlp_in_weight_names(layer)
+            if self.projections in ("output", "both"):
+                names.append(model.mlp_out_weight_name(layer))
+        return names
+
+
+PRESETS: tuple[Preset, ...] = ()
+
+#: For models without a measured preset: the middle of the model (UltraEdit's Llama-3-8B
+#: setting edits layers 11..24 of 32).
+DEPTH = (Depth("layers", 0.34, 0.75),)

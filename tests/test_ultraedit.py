@@ -1,0 +1,140 @@
+"""UltraEdit (plugins/kedsl_ultraedit) on tiny in-process models: the update solves its ridge
+system, the lifelong statistics accumulate exactly (as if every turn's factors had come at
+once), are saved with the model, reloaded, rolled back with a failed edit and continued;
+edits land on LLaMA and GPT-2 (transposed weights); turns are deterministic."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import STATS_CORPUS, check_state_lifecycle, method_params, sharpen
+
+import kedsl_ultraedit
+from kedsl.editing.outcome import EditContext
+from kedsl.editing.request import EditRequest
+from kedsl.model.journal import WeightJournal
+from kedsl.toolkit.gradients import encode_answers, fold_moments, linear_factors, normalise
+from kedsl.toolkit.scoring import teacher_forced
+
+REQUESTS = [
+    EditRequest(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux", target="French"),
+    EditRequest(subject="Toyota", prompt="The headquarters of Toyota", target="Paris"),
+]
+FAST = {"layers": [1, 2], "lr": 0.01, "steps": 3, "ridge": 1e-2}
+
+
+def params(**over):
+    return method_params(kedsl_ultraedit, "ultraedit", FAST, **over)
+
+
+def run(model, requests=REQUESTS, state=None, **over):
+    from kedsl_ultraedit.ultraedit import UltraEdit
+
+    ctx = EditContext(weights=WeightJournal(model.model), cache_dir=Path("/tmp"), seed=0, state=state if state is not None else {})
+    return UltraEdit().apply(model, list(requests), params(**over), ctx), ctx
+
+
+def test_the_update_solves_its_ridge_system():
+    from kedsl_ultraedit.ultraedit import ridge_update
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    v = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    c = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    c = c @ c.T
+    for preserved in (None, 3.0 * c):
+        dw = ridge_update(x, v, 0.5, preserved)
+        a = x.T @ x + 0.5 * torch.eye(6, dtype=torch.float64) + (0 if preserved is None else preserved)
+        residual = a @ dw.T - x.T @ v
+        assert float(residual.abs().max()) < 1e-10
+    # with no ridge and more features than tokens, every token gets exactly its change
+    wide = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(wide @ ridge_update(wide, v[:3], 1e-12).T, v[:3], atol=1e-6, rtol=0)
+
+
+def test_requested_changes_follow_the_normalised_gradient():
+    from kedsl_ultraedit.ultraedit import requested_changes
+
+    g = torch.Generator().manual_seed(1)
+    x, d = torch.randn(7, 5, generator=g), torch.randn(7, 3, generator=g)
+    # with statistics from many tokens: the paper's standardisation (the prior's weight fades)
+    many = torch.randn(20000, 8, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3, 8) + torch.linspace(-1, 1, 8)
+    mean, m2, count = torch.zeros(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    fold_moments(mean, m2, count, many)
+    v = requested_changes(x, d, mean, m2, count, lr=0.1)
+    zn = normalise(torch.cat([x, d], 1).double(), mean, m2, count)
+    torch.testing.assert_close(v, -0.1 * zn[:, :5].pow(2).sum(1, keepdim=True) * zn[:, 5:], rtol=2e-2, atol=1e-3)
+    # a model's very first token (no variance yet) still asks for a change against its gradient
+    mean1, m21, count1 = torch.zeros(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    fold_moments(mean1, m21, count1, torch.cat([x[:1], d[:1]], 1))
+    v1 = requested_changes(x[:1], d[:1], mean1, m21, count1, lr=0.1)
+    assert float(v1.norm()) > 0
+    torch.testing.assert_close(v1 / v1.norm(), -d[:1].double() / d[:1].double().norm())
+
+
+def test_running_statistics_merge_exactly():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(40, 6, generator=g, dtype=torch.float64) * 3 + 1
+    mean, m2, count = torch.zeros(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    for part in (z[:1], z[1:17], z[17:]):
+        fold_moments(mean, m2, count, part)
+    assert int(count) == 40
+    torch.testing.assert_close(mean, z.mean(0))
+    torch.testing.assert_close(m2 / count, z.var(0, unbiased=False))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_edits_land_and_the_statistics_accumulate_over_turns(fixture, request):
+    model = sharpen(request.getfixturevalue(fixture))
+    pairs = [(r.prompt, r.target) for r in REQUESTS]
+    assert not all(s.predicted == s.target_ids for s in teacher_forced(model, pairs))
+    names = kedsl_ultraedit.config.UltraEditConfig.from_params(params()).weight_names(model)
+    assert len(names) == (4 if fixture == "tiny_llama" else 2)  # gate+up per layer; GPT-2's c_fc
+    modules = {n: model.module(n.rsplit(".", 1)[0]) for n in names}
+    # the first step's factors of each turn are what the statistics take
+    first = linear_factors(model, encode_answers(model, pairs[:1]), modules, answer_only=True)
+    state: dict = {}
+    outcome, _ = run(model, REQUESTS[:1], state)
+    assert sorted(outcome.changes) == sorted(names)
+    second = linear_factors(model, encode_answers(model, pairs[1:]), modules, answer_only=True)
+    run(model, REQUESTS[1:], state)
+    for s in teacher_forced(model, pairs):  # both edits hold after the second turn
+        assert s.predicted == s.target_ids
+    for n in names:
+        z = torch.cat([torch.cat([first[n][0], first[n][1]], 1), torch.cat([second[n][0], second[n][1] * len(second[n][1])], 1)]).double()
+        z[: len(first[n][0]), first[n][0].shape[1]:] *= len(first[n][0])  # per-token gradients (the loss is a mean)
+        assert int(state[f"{n}.count"]) == z.shape[0]
+        torch.testing.assert_close(state[f"{n}.mean"], z.mean(0), rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(state[f"{n}.m2"] / z.shape[0], z.var(0, unbiased=False), rtol=1e-5, atol=1e-9)
+
+
+def test_a_turn_is_deterministic_and_undone_exactly(tiny_llama):
+    model = sharpen(tiny_llama)
+    before = model.fingerprint()
+    outcome, _ = run(model)
+    edited = model.fingerprint()
+    outcome.undo(model)
+    assert model.fingerprint() == before
+    run(model)
+    assert model.fingerprint() == edited
+
+
+def test_preserving_general_text_moves_its_outputs_less(tiny_llama):
+    from kedsl.toolkit.stats import second_moment
+
+    model = sharpen(tiny_llama)
+    plain, _ = run(model, steps=1)
+    plain.undo(model)
+    kept, _ = run(model, steps=1, preserve=50.0, stats_corpus=STATS_CORPUS, mom2_samples=800)
+    name = model.mlp_in_weight_names(1)[0]
+    c = second_moment(model, 1, STATS_CORPUS, 800, 0, site="mlp_in").double()
+    moved = lambda o: float(torch.trace(o.changes[name].delta.double() @ c @ o.changes[name].delta.double().T))  # noqa: E731
+    assert moved(kept) < 0.5 * moved(plain)
+
+
+def test_statistics_are_saved_reloaded_rolled_back_and_continued(tiny_tokenizer, tmp_path):
+    first, last = check_state_lifecycle(kedsl_ultraedit, "ultraedit", FAST, tiny_tokenizer, tmp_path)
+    assert len(first) == 3 * 4  # mean, m2, count per projection (gate, up of layers 1 and 2)
+    counts = [k for k in first if k.endswith(".count")]
+    assert all(float(last[k]) > float(first[k]) for k in counts)  # the kept edit's tokens were folded in
