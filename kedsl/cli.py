@@ -5,6 +5,7 @@ model-touching imports happen inside the command functions.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -12,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -516,25 +517,33 @@ def fmt(file: str, write: bool, check_only: bool) -> None:
               help="Measure only these (default: the dataset's KnowEdit metrics, e.g. efficacy, generalization, portability, locality, fluency, efficacy_gen, pre_efficacy).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write aggregate, per-case values and config here.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the method's randomness.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="Where the model runs (cuda: under torchrun, each rank's GPU of its LOCAL_RANK).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Run as this many ranks on this machine (torch's elastic launcher, as torchrun --standalone); single and batch modes.")
 @handle_errors
 def bench(data: str | None, method: str | None, suite: str | None, method_list: str | None, dataset_list: str | None,
           data_dir: str | None, out_dir: str | None, model_ref: str, dtype: str, split: str | None, limit: int | None, offset: int,
           data_format: str | None, mode: str, batch_size: int | None, checkpoints: int | None, checkpoint_dir: str | None,
-          plot_out: str | None, param_args: tuple[str, ...], metric_list: str | None, json_out: str | None, seed: int) -> None:  # fmt: skip
+          plot_out: str | None, param_args: tuple[str, ...], metric_list: str | None, json_out: str | None, seed: int, device: str,
+          workers: int | None) -> None:  # fmt: skip
     """Benchmark a method on DATA (ZsRE, KnowEdit, WikiBio, ConvSent, Sanitation or
     CounterFact records): the KnowEdit table (Edit Succ., Generalization, Portability,
     Locality, Fluency and each dataset's own) plus efficacy_gen and the pre-edit efficacy,
     with the number of cases behind each value. With --suite, a whole study: every dataset
-    x every method of --methods, resumable cell by cell."""
+    x every method of --methods, resumable cell by cell. Under `torchrun --nproc-per-node N
+    -m kedsl bench ...` (or with --workers N) the ranks split the edits; rank 0 writes."""
+    settings_model = {"dtype": dtype, "device": device}
     if suite is not None:
         if data is not None or method is not None:
             raise UsageError("--suite runs its own datasets with --methods", "drop DATA and --method, or drop --suite")
-        _bench_suite(suite, method_list, dataset_list, data_dir, out_dir, model_ref, dtype, split or "heldout", limit, param_args, seed)
+        _bench_suite(suite, method_list, dataset_list, data_dir, out_dir, model_ref, settings_model, split or "heldout", limit, param_args,
+                     seed, workers)  # fmt: skip
         return
     if data is None or method is None:
         raise UsageError("kedsl bench needs DATA and --method (or --suite)", "e.g. kedsl bench zsre.json --method rome")
     from .evaluation.datasets import read_cases, split_indices
-    from .evaluation.runner import BenchSettings, check_settings, data_sha256, parse_param_args, run_bench, select_metrics
+    from .evaluation.runner import BenchSettings, check_settings, check_splittable, data_sha256, parse_param_args, run_bench, select_metrics
     from .registry import get_registry
 
     registry = get_registry()
@@ -542,6 +551,7 @@ def bench(data: str | None, method: str | None, suite: str | None, method_list: 
     settings = BenchSettings(method=method, mode=mode, batch_size=batch_size or 1, metrics=metrics, seed=seed,
                              checkpoints=checkpoints, checkpoint_dir=checkpoint_dir)  # fmt: skip
     spec = check_settings(registry, settings)  # everything that needs no model fails fast
+    check_splittable(settings, _world_size(workers))
     if plot_out is not None and checkpoints is None:
         raise UsageError("--plot draws the curve of --checkpoints N", "add --checkpoints, e.g. --checkpoints 100")
     settings.params = parse_param_args(spec, param_args)
@@ -551,32 +561,34 @@ def bench(data: str | None, method: str | None, suite: str | None, method_list: 
     select_metrics(registry, metrics, fmt)
     if not cases:
         raise DataError(f"{data}: no usable records (offset {offset}, limit {limit})", "check --offset/--limit and the file")
-    click.echo(f"{len(cases)} cases from {data}" + (f" ({len(loaded.skipped)} records skipped)" if loaded.skipped else "")
-               + f"; loading {model_ref} ...", err=True)  # fmt: skip
-    from .model.loading import load_model
+    if _launched_as_workers(workers):
+        return
+    with _joined_ranks() as ranks:
+        say = _main_rank_echo(ranks)
+        say(f"{len(cases)} cases from {data}" + (f" ({len(loaded.skipped)} records skipped)" if loaded.skipped else "")
+            + f"; loading {model_ref} ..." + (f" ({ranks.world} ranks)" if ranks else ""))  # fmt: skip
+        from .model.loading import load_model
 
-    model = load_model(model_ref, {"dtype": dtype}, registry)
-    info = {"data_path": str(Path(data).absolute()), "data_sha256": data_sha256(data), "format": fmt, "limit": limit, "offset": offset,
-            "split": split or "all", "dtype": dtype, "skipped_records": [{"index": i, "why": why} for i, why in loaded.skipped]}  # fmt: skip
+        model = load_model(model_ref, settings_model, registry)
+        info = {"data_path": str(Path(data).absolute()), "data_sha256": data_sha256(data), "format": fmt, "limit": limit, "offset": offset,
+                "split": split or "all", "dtype": dtype, "skipped_records": [{"index": i, "why": why} for i, why in loaded.skipped]}  # fmt: skip
+        eta = _Eta()
+        result = run_bench(model, cases, settings, registry=registry, data=info, ranks=ranks,
+                           progress=lambda done, total, message: say(f"[{done}/{total}{eta(done, total)}] {message}"))  # fmt: skip
+        if ranks and not ranks.is_main:
+            return
+        click.echo(result.table())
+        if result.curve:
+            click.echo(_curve_table(result.curve))
+        if json_out:
+            with open(json_out, "w", encoding="utf-8") as f:
+                json.dump(result.to_json(), f, indent=1, ensure_ascii=False)
+            click.echo(f"wrote {json_out}", err=True)
+        if plot_out:
+            from .plots import degradation_curves
 
-    eta = _Eta()
-
-    def progress(done: int, total: int, message: str) -> None:
-        click.echo(f"[{done}/{total}{eta(done, total)}] {message}", err=True)
-
-    result = run_bench(model, cases, settings, registry=registry, data=info, progress=progress)
-    click.echo(result.table())
-    if result.curve:
-        click.echo(_curve_table(result.curve))
-    if json_out:
-        with open(json_out, "w", encoding="utf-8") as f:
-            json.dump(result.to_json(), f, indent=1, ensure_ascii=False)
-        click.echo(f"wrote {json_out}", err=True)
-    if plot_out:
-        from .plots import degradation_curves
-
-        label = f"{spec.name} on {Path(model_ref).name}"
-        click.echo(f"wrote {degradation_curves([(label, result.curve)], 'sequential edits', plot_out)}", err=True)
+            label = f"{spec.name} on {Path(model_ref).name}"
+            click.echo(f"wrote {degradation_curves([(label, result.curve)], 'sequential edits', plot_out)}", err=True)
 
 
 @main.command()
@@ -643,7 +655,8 @@ def _curve_table(curve: list[dict[str, Any]]) -> str:
 
 
 def _bench_suite(suite: str, method_list: str | None, dataset_list: str | None, data_dir: str | None, out_dir: str | None,
-                 model_ref: str, dtype: str, split: str, limit: int | None, param_args: tuple[str, ...], seed: int) -> None:  # fmt: skip
+                 model_ref: str, settings_model: dict[str, Any], split: str, limit: int | None, param_args: tuple[str, ...], seed: int,
+                 workers: int | None) -> None:  # fmt: skip
     from .evaluation.runner import parse_param_args
     from .evaluation.suite import check_suite, run_suite
     from .registry import get_registry
@@ -661,15 +674,115 @@ def _bench_suite(suite: str, method_list: str | None, dataset_list: str | None, 
     params = {m: parse_param_args(registry.method(m), args) for m, args in per_method.items()}
     where = Path(data_dir or os.environ.get("KEDSL_DATA_DIR") or "../shared/data")
     out = Path(out_dir or f"bench/results/{suite}")
-    from .model.loading import load_model
+    if _launched_as_workers(workers):
+        return
+    with _joined_ranks() as ranks:
+        say = _main_rank_echo(ranks)
+        from .model.loading import load_model
 
-    click.echo(f"loading {model_ref} ...", err=True)
-    model = load_model(model_ref, {"dtype": dtype}, registry)
-    run_suite(model, registry, suite, methods, where, out, limit=limit, split=split, params=params, datasets=datasets,
-              seed=seed, say=lambda msg: click.echo(msg, err=True))  # fmt: skip
-    table = out / f"{suite}_table.md"
-    click.echo(table.read_text(encoding="utf-8"))
-    click.echo(f"wrote {out}/ (a JSON per cell and per dataset) and {table}", err=True)
+        say(f"loading {model_ref} ..." + (f" ({ranks.world} ranks)" if ranks else ""))
+        model = load_model(model_ref, settings_model, registry)
+        run_suite(model, registry, suite, methods, where, out, limit=limit, split=split, params=params, datasets=datasets,
+                  seed=seed, say=say, ranks=ranks)  # fmt: skip
+        if ranks and not ranks.is_main:
+            return
+        table = out / f"{suite}_table.md"
+        click.echo(table.read_text(encoding="utf-8"))
+        click.echo(f"wrote {out}/ (a JSON per cell and per dataset) and {table}", err=True)
+
+
+@main.command()
+@click.option("--model", "model_ref", default="smollm2-135m", show_default=True, help="Alias, local directory, .gguf file or hub id.")
+@click.option("--layers", "layer_list", required=True, metavar="L|A..B|A,B,...", help="The layers whose MLP-output keys to gather, e.g. 6, 2..8 or 2,4.")
+@click.option("--samples", type=click.IntRange(min=1), default=8192, show_default=True, help="Tokens of the corpus (the methods' mom2_samples).")
+@click.option("--corpus", default="model", show_default=True, help="`model` (text sampled from the model), a .txt/.jsonl file or a datasets name (the methods' stats_corpus).")
+@click.option("--seed", type=int, default=0, show_default=True, help="The seed of the sampled corpus (the methods' seed).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="Where the model runs (cuda: under torchrun, each rank's GPU of its LOCAL_RANK).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Run as this many ranks on this machine (as torchrun --standalone).")
+@handle_errors
+def stats(model_ref: str, layer_list: str, samples: int, corpus: str, seed: int, dtype: str, device: str, workers: int | None) -> None:
+    """Compute and cache the second-moment statistics ROME, MEMIT and AlphaEdit weight their
+    updates by, so later edits and benchmarks find them. Under `torchrun --nproc-per-node N
+    -m kedsl stats ...` (or with --workers N) the ranks share the corpus and one all-reduce
+    adds their parts; rank 0 writes each layer's file."""
+    layers = _layer_list(layer_list)
+    if _launched_as_workers(workers):
+        return
+    with _joined_ranks() as ranks:
+        say = _main_rank_echo(ranks)
+        from .model.loading import load_model
+        from .registry import get_registry
+        from .toolkit.stats import second_moments, stats_path
+
+        say(f"loading {model_ref} ..." + (f" ({ranks.world} ranks)" if ranks else ""))
+        model = load_model(model_ref, {"dtype": dtype, "device": device}, get_registry())
+        started = time.perf_counter()
+        second_moments(model, layers, corpus, samples, seed, ranks=ranks)
+        say(f"statistics for layers {', '.join(map(str, layers))} over {samples} tokens in {time.perf_counter() - started:.1f} s")
+        for layer in layers:
+            say(f"cached {stats_path(model, layer, corpus, samples, seed)}")
+
+
+def _layer_list(text: str) -> list[int]:
+    """``6``, ``2..8`` or ``2,4,6`` (as a method's ``layers`` parameter) as a list of layers."""
+    from .evaluation.runner import parse_param_value
+    from .registry.params import Param, Range
+
+    try:
+        value = parse_param_value(Param("layers", "layers"), text)
+    except UsageError:
+        raise UsageError(f"--layers {text!r} is not a layer list", "e.g. --layers 6, --layers 2..8 or --layers 2,4") from None
+    return value.to_list() if isinstance(value, Range) else [value] if isinstance(value, int) else list(value)
+
+
+# -- distributed runs (torchrun, --workers) ----------------------------------------------------
+def _world_size(workers: int | None) -> int:
+    """How many ranks this command runs as: --workers, else the launcher's WORLD_SIZE."""
+    from .distributed import launched_world_size
+
+    return workers or launched_world_size()
+
+
+def _launched_as_workers(workers: int | None) -> bool:
+    """With --workers N > 1: run this same command (without --workers) as N ranks on this
+    machine and return True once they are done; the ranks did the work."""
+    from .distributed import launch_local, launched_world_size
+
+    if workers is None or workers == 1:
+        return False
+    if launched_world_size() > 1:
+        raise UsageError("--workers starts its own ranks; under torchrun leave it out", "torchrun's --nproc-per-node sets the number of ranks")
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg == "--workers" or arg.startswith("--workers="):
+            skip = arg == "--workers"
+            continue
+        argv.append(arg)
+    launch_local(workers, argv)
+    return True
+
+
+@contextlib.contextmanager
+def _joined_ranks() -> Iterator[Any]:
+    """The run's :class:`~kedsl.distributed.Ranks` when a launcher started this process as
+    one of several ranks (None otherwise), left when the block ends."""
+    from .distributed import ranks_from_environment
+
+    ranks = ranks_from_environment()
+    try:
+        yield ranks
+    finally:
+        if ranks is not None:
+            ranks.close()
+
+
+def _main_rank_echo(ranks: Any) -> Callable[[str], None]:
+    """Print progress on stderr from rank 0 only (it reports the whole run)."""
+    if ranks is not None and not ranks.is_main:
+        return lambda message: None
+    return lambda message: click.echo(message, err=True)
 
 
 @main.command()

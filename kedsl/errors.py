@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     DATA = 6  # an input file (benchmark data, corpus) is missing or malformed
     KEY = 7  # a signing or verification key is missing, unreadable or of the wrong type
     SIGNATURE = 8  # a signature or signed attestation does not verify with the key given
+    RANK_FAILED = 9  # a rank of a distributed run (torchrun, --workers) died or failed
 
 
 class KedslError(Exception):

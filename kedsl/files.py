@@ -58,3 +58,10 @@ def pid_alive(pid: int) -> bool:
             return fh.read().split(b") ")[-1][:1] != b"Z"
     except OSError:  # no /proc (not Linux): os.kill said it exists
         return True
+
+
+def private_temp(path: Path) -> Path:
+    """A temporary sibling of ``path`` that only this process writes, to be renamed onto
+    ``path`` when complete: processes writing the same file at once (the ranks of a
+    distributed run) never write into each other's half-written temp file."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")

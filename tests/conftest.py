@@ -18,6 +18,22 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 STATS_CORPUS = str(Path(__file__).parent / "fixtures" / "tiny_stats_corpus.txt")
 
 
+def knowedit_data_dir(root: Path) -> Path:
+    """A KnowEdit data folder under ``root``: the real ZsRE and Sanitation slices (records
+    0-2) with a SPLITS.json (ZsRE: tune 0, held out 1-2; Sanitation: all held out)."""
+    import json
+    import shutil
+
+    real = Path(__file__).parent / "fixtures" / "real"
+    files = {"knowedit/ZsRE-test-all.json": "knowedit_zsre_0-2.json", "knowedit/trivia_qa_test.json": "knowedit_sanitation_0-2.json"}
+    for target, fixture in files.items():
+        (root / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(real / fixture, root / target)
+    splits = {"knowedit/ZsRE-test-all.json": {"tune": [0], "heldout": [1, 2]}, "knowedit/trivia_qa_test.json": {"heldout": "all"}}
+    (root / "SPLITS.json").write_text(json.dumps(splits))
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A byte-level BPE tokenizer (~400 tokens) trained on the conformance kit's corpus;

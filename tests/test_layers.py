@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: Bottom to top; "" is the package's own __init__ (its version; the API on first use).
 LAYERS = [
-    {"", "errors", "cache", "files", "records", "datafiles", "plots"},
+    {"", "errors", "cache", "files", "records", "datafiles", "plots", "distributed"},
     {"registry"},
     {"lang", "model"},
     {"editing"},

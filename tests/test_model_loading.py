@@ -63,7 +63,7 @@ def test_settings_defaults_and_validation():
 
     from kedsl.model.loading import resolve_settings
 
-    assert resolve_settings(None) == {"dtype": torch.float32, "device": "cpu", "device_map": None}
+    assert resolve_settings(None) == {"dtype": torch.float32, "device": "cpu", "device_map": None, "max_memory": None, "offload_folder": None}
     assert resolve_settings({"dtype": "bf16"})["dtype"] is torch.bfloat16
     assert resolve_settings(resolve_settings({"dtype": "float16"}))["dtype"] is torch.float16  # idempotent
     with pytest.raises(UsageError, match="unknown model setting `dtyp`") as exc:

@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from conftest import knowedit_data_dir
 from kedsl.cli import main
 from kedsl.evaluation import suite as suite_mod
 from kedsl.registry import Registry
 
-REAL = Path(__file__).parent / "fixtures" / "real"
-FILES = {"knowedit/ZsRE-test-all.json": "knowedit_zsre_0-2.json", "knowedit/trivia_qa_test.json": "knowedit_sanitation_0-2.json"}
-
-
 @pytest.fixture
 def data_dir(tmp_path):
-    root = tmp_path / "data"
-    for target, fixture in FILES.items():
-        (root / target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REAL / fixture, root / target)
-    splits = {"knowedit/ZsRE-test-all.json": {"tune": [0], "heldout": [1, 2]}, "knowedit/trivia_qa_test.json": {"heldout": "all"}}
-    (root / "SPLITS.json").write_text(json.dumps(splits))
-    return root
+    return knowedit_data_dir(tmp_path / "data")
 
 
 def test_suite_runs_each_cell_once_and_resumes(data_dir, tmp_path, tiny_llama, monkeypatch):

@@ -39,12 +39,12 @@ class EditOutcome:
         for a in reversed(self.attachments):
             uninstall(model, a)
         for name, ch in self.changes.items():
-            model.parameter(name).copy_(ch.before)
+            model.write_weight(name, ch.before)
 
     @torch.no_grad()
     def redo(self, model: LoadedModel) -> None:
         for name, ch in self.changes.items():
-            model.parameter(name).copy_(ch.after)
+            model.write_weight(name, ch.after)
         for a in self.attachments:
             install(model, a)
 

@@ -22,6 +22,14 @@ A case whose edit the method rejects (a :class:`~kedsl.errors.KedslError`, e.g. 
 subject missing from the prompt) is kept in the results with its error and is not
 counted in any average; the table says how many failed.
 
+Across ranks (``torchrun``, ``kedsl bench --workers N``; :mod:`kedsl.distributed`), single
+and batch mode split the groups of edits: each rank edits, measures and undoes its share
+of whole groups, exactly as one process would (the same groups, seeds and unedited model
+for each), and rank 0 gathers the records. What is measured on the unedited model is
+measured by every rank over all cases, in the same batches as one process, so every
+per-case value and the aggregate equal a one-process run's. Sequential mode cannot be
+split: each edit builds on all the edits before it.
+
 The library logs and reports progress through a callback; ``kedsl bench`` prints.
 """
 from __future__ import annotations
@@ -32,7 +40,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..cache import stats_dir
 from . import sequential as seq
@@ -45,6 +53,9 @@ from ..registry.params import Param, Range, validate_params
 from ..registry.presets import params_for
 from ..registry.specs import MethodSpec
 from .table import DEFAULT_METRICS, FLUENCY_METRICS, FORMAT_METRICS, PRE_EFFICACY, render_table
+
+if TYPE_CHECKING:
+    from ..distributed import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +222,15 @@ def check_settings(registry: Registry, settings: BenchSettings) -> MethodSpec:
     return spec
 
 
+def check_splittable(settings: BenchSettings, world: int) -> None:
+    """Refuse to split a sequential run over ``world`` > 1 ranks."""
+    if world > 1 and settings.mode == "sequential":
+        raise UsageError(
+            "sequential mode cannot be split across ranks: each edit is applied to the model holding every edit before it",
+            "run it as one process, or use --mode single or batch",
+        )
+
+
 def data_sha256(path: str | Path) -> str:
     """SHA-256 of a data file (of a directory: over its files' relative names and bytes)."""
     p = Path(path)
@@ -236,6 +256,7 @@ def run_bench(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     unedited: dict[str, Any] | None = None,
+    ranks: "Ranks | None" = None,
 ) -> BenchResult:
     """Edit ``model`` with ``settings.method`` for each :class:`~kedsl.evaluation.datasets.BenchCase` and
     measure the metrics. ``data`` (path, sha256, format, limit, offset) goes into the
@@ -244,7 +265,11 @@ def run_bench(
     ``unedited`` is a dict the caller keeps across runs on the same model and cases (a
     suite's methods on one dataset): what is measured on the unedited model (baselines,
     pre-edit values) is stored in it and taken from it, keyed by the model's fingerprint,
-    the metric and the cases, instead of being measured again."""
+    the metric and the cases, instead of being measured again.
+
+    With ``ranks`` (every rank calls this with the same model, cases and settings), each
+    rank edits its share of the groups and every rank returns the whole run's result;
+    ``progress`` counts the edits of all ranks."""
     import torch
 
     from ..editing.outcome import EditContext, EditOutcome
@@ -252,6 +277,7 @@ def run_bench(
 
     registry = registry or get_registry()
     spec = check_settings(registry, settings)
+    check_splittable(settings, ranks.world if ranks else 1)
     fmt = cases[0].format if cases else (data or {}).get("format")
     metrics, skipped = select_metrics(registry, settings.metrics, fmt)
     params = params_for(spec, settings.params, model).params
@@ -317,14 +343,16 @@ def run_bench(
         for i in idx:
             records[i]["status"] = "measured"
 
-    # 2. The edits.
+    # 2. The edits (across ranks: this rank's share of the groups).
     method = spec.load()
     method_state: dict[str, Any] = {}
     size = settings.batch_size
     groups = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
+    mine = ranks.share(list(enumerate(groups))) if ranks else list(enumerate(groups))
+    done_key = ranks.fresh_key("bench/done") if ranks else ""
     method_seconds = 0.0
     edited = 0
-    edited_fps: list[str] = []
+    edited_fps: dict[int, str] = {}  # group number -> the model's fingerprint with that group's edit in place
     curve: list[dict[str, Any]] = []
     touched: set[str] = set()
     done_groups = 0
@@ -358,18 +386,22 @@ def run_bench(
             progress_doc = {"records": records, "curve": curve, "method_seconds": method_seconds, "edited": edited}
             seq.save_checkpoint(ckpt_dir, run_key, g_no + 1, progress_doc, model, touched, spec.name, method_state)
 
-    for g_no, group in enumerate(groups):
+    def at(group: list[int]) -> int:
+        """Where the run stands: this group's first case, or (across ranks) the cases all ranks have done."""
+        return ranks.add(done_key, 0) if ranks else group[0]
+
+    for g_no, group in mine:
         if g_no < done_groups:
             continue
         reqs = [cases[i].request for i in group]
         label = reqs[0].subject if len(reqs) == 1 else f"{len(reqs)} edits"
-        say(group[0], n, f"editing {label!r} with {spec.name}")
+        say(at(group), n, f"editing {label!r} with {spec.name}")
         context = EditContext(
             weights=WeightJournal(model.model),
             cache_dir=cache_dir,
             seed=settings.seed,
             state=method_state if settings.mode == "sequential" else {},
-            progress=lambda text, at=group[0]: say(at, n, text),
+            progress=lambda text, group=group: say(at(group), n, text),
         )
         torch.manual_seed(settings.seed)
         t0 = time.perf_counter()
@@ -381,6 +413,8 @@ def run_bench(
             log.warning("%s rejected %s: %s", spec.name, label, exc.message)
             for i in group:
                 records[i].update(status="failed", error=exc.message)
+            if ranks:
+                ranks.add(done_key, len(group))
             if settings.mode == "sequential":
                 after_turn(g_no, group)
             continue
@@ -400,16 +434,25 @@ def run_bench(
             after_turn(g_no, group)
         else:
             # what this group's edit made, for comparing runs (determinism) without keeping it
-            edited_fps.append(model.fingerprint())
+            edited_fps[g_no] = model.fingerprint()
             for i in group:
-                records[i]["details"]["fingerprint_edited"] = edited_fps[-1]
+                records[i]["details"]["fingerprint_edited"] = edited_fps[g_no]
             measure(group)
             outcome.undo(model)
             _check_restored(model, outcome)
+        if ranks:
+            ranks.add(done_key, len(group))
         log.info("bench: group %d/%d (%s) in %.1fs", g_no + 1, len(groups), label, seconds)
     if settings.mode == "sequential":
         say(n, n, "measuring every case on the model holding all edits")
         measure(list(range(n)))
+    fp_after = model.fingerprint()
+    if settings.mode != "sequential" and fp_after != fp_before:
+        raise RuntimeError(f"{settings.mode} mode left the model changed (fingerprint {fp_after[:16]} != {fp_before[:16]})")
+    if ranks:
+        records, method_seconds, edited, edited_fps = _gather_edits(
+            ranks, done_key, n, say, fp_before, [i for _, g in mine for i in g], records, method_seconds, edited, edited_fps
+        )
     say(n, n, "done")
 
     table_metrics = metrics + [f"pre_{m}" for m in metrics if m in FLUENCY_METRICS]
@@ -417,9 +460,6 @@ def run_bench(
     aggregate["seconds_per_edit"] = method_seconds / edited if edited else None
     aggregate["cases"] = n
     aggregate["failed"] = sum(1 for r in records if r["status"] == "failed")
-    fp_after = model.fingerprint()
-    if settings.mode != "sequential" and fp_after != fp_before:
-        raise RuntimeError(f"{settings.mode} mode left the model changed (fingerprint {fp_after[:16]} != {fp_before[:16]})")
     config = {
         "model": model.ref,
         "model_source": model.source,
@@ -427,7 +467,7 @@ def run_bench(
         "fingerprint_after": fp_after,
         # single/batch: one digest of every group's edited weights (equal across runs iff
         # every edit was bit-identical); sequential: fingerprint_after says it
-        "edits_digest": hashlib.sha256("".join(edited_fps).encode()).hexdigest() if edited_fps else None,
+        "edits_digest": hashlib.sha256("".join(edited_fps[g] for g in sorted(edited_fps)).encode()).hexdigest() if edited_fps else None,
         "method": spec.name,
         "params": jsonable(params),
         "given_params": jsonable(settings.params),
@@ -445,6 +485,39 @@ def run_bench(
     return BenchResult(config=config, cases=records, aggregate=aggregate, metrics=table_metrics, skipped=skipped, curve=curve)
 
 
+def _gather_edits(
+    ranks: "Ranks",
+    done_key: str,
+    n: int,
+    say: Progress,
+    fingerprint: str,
+    mine: list[int],
+    records: list[dict[str, Any]],
+    method_seconds: float,
+    edited: int,
+    edited_fps: dict[int, str],
+) -> tuple[list[dict[str, Any]], float, int, dict[int, str]]:
+    """Every rank's records (of the cases it edited), method time, edit count and edited
+    fingerprints, merged on every rank once all ranks are done (rank 0 reports the whole
+    run's progress while it waits for the others)."""
+    if ranks.is_main:
+        ranks.wait_for_count(done_key, n, lambda done: say(done, n, f"waiting for the other ranks ({done}/{n} cases done)"), "the edits")
+    part = {"fingerprint": fingerprint, "records": {i: records[i] for i in mine}, "seconds": method_seconds, "edited": edited, "fps": edited_fps}
+    parts = ranks.gather_objects(part, "the gathering of the results")
+    merged = None
+    if parts is not None:
+        other = next((r for r, p in enumerate(parts) if p["fingerprint"] != fingerprint), None)
+        if other is not None:
+            raise UsageError(f"rank {other} benchmarked a different model (fingerprint {parts[other]['fingerprint'][:16]}, rank 0 {fingerprint[:16]})",
+                             "every rank must load the same model")  # fmt: skip
+        merged = list(records)
+        for p in parts:
+            for i, rec in p["records"].items():
+                merged[i] = rec
+        merged = (merged, sum(p["seconds"] for p in parts), sum(p["edited"] for p in parts), {g: fp for p in parts for g, fp in p["fps"].items()})
+    return ranks.broadcast_object(merged)
+
+
 def _store(records: list[dict[str, Any]], idx: Any, name: str, results: list[Any], jsonable: Callable[[Any], Any]) -> None:
     for i, res in zip(idx, results):
         records[i]["metrics"][name] = res.value
@@ -459,7 +532,7 @@ def _check_restored(model: Any, outcome: Any) -> None:
     import torch
 
     for name, ch in outcome.changes.items():
-        now = model.parameter(name).detach().to("cpu")
+        now = model.read_weight(name).to("cpu")
         if not torch.equal(now, ch.before):
             raise RuntimeError(f"undo did not restore {name} bit-exactly")
 

@@ -98,7 +98,7 @@ def save_checkpoint(directory: Path, key: str, done_groups: int, progress: dict[
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    weights = {name: model.parameter(name).detach().to("cpu").contiguous() for name in sorted(touched)}
+    weights = {name: model.read_weight(name).to("cpu").contiguous() for name in sorted(touched)}
     if weights:
         save_file(weights, str(tmp / WEIGHTS_FILE))
     state_entries = write_method_state({method: state}, tmp / STATE_FILE) if state else []
@@ -144,7 +144,7 @@ def load_checkpoint(directory: Path, key: str, model: Any, method: str, registry
         saved = load_file(str(folder / WEIGHTS_FILE))
         with torch.no_grad():
             for name in progress["touched"]:
-                model.parameter(name).copy_(saved[name])
+                model.write_weight(name, saved[name])
     state = read_method_state(folder).get(method, {}) if progress["state_entries"] else {}
     if progress["attachments"]:
         load_attachments(model, folder / ATTACHMENTS, progress["attachments"], registry)

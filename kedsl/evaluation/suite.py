@@ -9,6 +9,10 @@ same command skips the finished cells. After the cells: ``OUT/<dataset>.json`` (
 method's aggregate on that dataset) and ``OUT/knowedit_table.md``, laid out like the
 paper's table (rows: dataset x metric, columns: methods) with the paper's Llama-2-7b-chat
 numbers beside ours where the paper has the method.
+
+Across ranks (``torchrun``, ``--workers``), every rank runs every cell with its share of
+the edits (:func:`~kedsl.evaluation.runner.run_bench`); rank 0 decides which cells are
+finished and alone writes the files.
 """
 from __future__ import annotations
 
@@ -19,15 +23,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import DataError, UsageError, did_you_mean
+from ..files import private_temp
 from ..records import canonical_json
 from ..registry import Registry
 from ..registry.presets import params_for
 from .datasets import read_cases, split_indices
 from .runner import BenchSettings, check_settings, data_sha256, run_bench
 from .table import LABELS
+
+if TYPE_CHECKING:
+    from ..distributed import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +146,11 @@ def run_suite(
     datasets: Sequence[str] | None = None,
     seed: int = 0,
     say: Say | None = None,
+    ranks: "Ranks | None" = None,
 ) -> dict[str, Any]:
     """Run every (dataset, method) cell not finished yet, then write the per-dataset JSON
-    and the Markdown table; returns ``{dataset: {method: aggregate}}``."""
+    and the Markdown table; returns ``{dataset: {method: aggregate}}``. With ``ranks``,
+    every rank calls this alike; rank 0 reads and writes the files."""
     say = say or (lambda msg: None)
     suite = check_suite(registry, suite_name, methods, datasets)
     data_dir, out = Path(data_dir), Path(out_dir)
@@ -169,7 +179,9 @@ def run_suite(
         for cell in row:
             done += 1
             label = f"[cell {done}/{total}] {d.name} x {cell.method}"
-            finished = _finished(cell)
+            finished = _finished(cell) if ranks is None or ranks.is_main else None
+            if ranks is not None:  # rank 0's files decide, so every rank runs the same cells
+                finished = ranks.broadcast_object(finished)
             if finished is not None:
                 say(f"{label}: done earlier, kept")
                 results.setdefault(d.name, {})[cell.method] = finished
@@ -185,14 +197,16 @@ def run_suite(
                     "split": split, "limit": limit, "records": [c.index for c in cases], "dataset": d.name}  # fmt: skip
             started = time.perf_counter()
             result = run_bench(model, cases, settings, registry=registry, data=info, unedited=unedited,
-                               progress=lambda i, n, msg, lab=label: say(f"{lab} [{i}/{n}] {msg}"))  # fmt: skip
+                               progress=lambda i, n, msg, lab=label: say(f"{lab} [{i}/{n}] {msg}"), ranks=ranks)  # fmt: skip
             record = result.to_json()
             record["cell"] = {"key": cell.key, "dataset": d.name, "method": cell.method, "wall_seconds": time.perf_counter() - started}
-            _write_atomic(cell.path, record)
+            if ranks is None or ranks.is_main:
+                _write_atomic(cell.path, record)
             results.setdefault(d.name, {})[cell.method] = record
             say(f"{label}: finished in {record['cell']['wall_seconds']:.0f} s")
-    everything = collect_results(SUITES[suite_name], out)  # cells of earlier runs too
-    write_summaries(suite_name, SUITES[suite_name], everything, out)
+    if ranks is None or ranks.is_main:
+        everything = collect_results(SUITES[suite_name], out)  # cells of earlier runs too
+        write_summaries(suite_name, SUITES[suite_name], everything, out)
     return {d: {m: r["aggregate"] for m, r in by_m.items()} for d, by_m in results.items()}
 
 
@@ -249,7 +263,7 @@ def _finished(cell: Cell) -> dict[str, Any] | None:
 
 def _write_atomic(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = private_temp(path)
     tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, path)
 

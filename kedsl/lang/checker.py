@@ -36,6 +36,8 @@ MODEL_SETTINGS = {
     "dtype": ("float32", "float16", "bfloat16", "auto"),
     "device": None,
     "device_map": None,
+    "max_memory": None,
+    "offload_folder": None,
     "revision": None,
     "trust_remote_code": None,
 }

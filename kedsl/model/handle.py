@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..registry.presets import ModelShape
 from ..registry.specs import ArchitectureSpec
 from .fingerprint import fingerprint_state_dict
+from .offload import execution_device, is_offloaded, read_weight, resident, state_dict_with_offloaded, write_weight
 
 
 @dataclass
@@ -50,7 +51,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go (for a model split by a device map, accelerate's main device)."""
+        return execution_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -86,7 +88,28 @@ class LoadedModel:
         return names
 
     def parameter(self, name: str) -> nn.Parameter:
+        """The parameter itself; an offloaded one (device maps) is a meta placeholder:
+        read and write its values through :meth:`read_weight` and :meth:`write_weight`."""
         return self.model.get_parameter(name)
+
+    def read_weight(self, name: str) -> torch.Tensor:
+        """The values of parameter ``name`` on the device where they live (offloaded ones
+        from accelerate's offload map); not to be changed in place."""
+        return read_weight(self.model, name)
+
+    def write_weight(self, name: str, value: torch.Tensor) -> None:
+        """Set parameter ``name`` to ``value`` where it lives (cast to its dtype); methods
+        write through ``context.weights`` instead, which calls this and keeps the undo."""
+        write_weight(self.model, name, value)
+
+    def is_offloaded(self, name: str) -> bool:
+        """Whether parameter ``name`` is kept by accelerate's offload (CPU or disk)."""
+        return is_offloaded(self.model, name)
+
+    def resident(self, module_path: str) -> contextlib.AbstractContextManager[nn.Module]:
+        """The module at ``module_path`` with its real tensors in place for the block
+        (an offloaded module's are loaded; see :func:`kedsl.model.offload.resident`)."""
+        return resident(self.model, module_path)
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
@@ -111,9 +134,9 @@ class LoadedModel:
         bytes), attachments uninstalled for the duration (their digest is separate:
         :func:`kedsl.model.attachments.attachments_digest`)."""
         if not self.attachments:
-            return fingerprint_state_dict(self.model.state_dict())
+            return fingerprint_state_dict(state_dict_with_offloaded(self.model))
         with detached(self):
-            return fingerprint_state_dict(self.model.state_dict())
+            return fingerprint_state_dict(state_dict_with_offloaded(self.model))
 
     # -- prompts -----------------------------------------------------------------
     def contextualize(self, prompt_ids: list[int]) -> list[int]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .offload import read_weight, write_weight
+
 
 @dataclass
 class WeightChange:
@@ -33,19 +35,23 @@ class WeightJournal:
     def _remember(self, name: str) -> torch.nn.Parameter:
         p = self._param(name)
         if name not in self._before:
-            self._before[name] = p.detach().to("cpu", copy=True)
+            self._before[name] = read_weight(self.model, name).to("cpu", copy=True)
         return p
 
     @torch.no_grad()
     def add_(self, name: str, delta: torch.Tensor) -> None:
         """``W += delta`` (delta in W's shape; cast to W's dtype and device)."""
         p = self._remember(name)
-        p.add_(delta.to(device=p.device, dtype=p.dtype))
+        if p.is_meta:  # offloaded by a device map: the values live in accelerate's map
+            w = read_weight(self.model, name)
+            write_weight(self.model, name, w + delta.to(device=w.device, dtype=w.dtype))
+        else:
+            p.add_(delta.to(device=p.device, dtype=p.dtype))
 
     @torch.no_grad()
     def set_(self, name: str, value: torch.Tensor) -> None:
-        p = self._remember(name)
-        p.copy_(value.to(device=p.device, dtype=p.dtype))
+        self._remember(name)
+        write_weight(self.model, name, value)
 
     def touched(self) -> list[str]:
         return list(self._before)
@@ -54,11 +60,11 @@ class WeightJournal:
     def rollback(self) -> None:
         """Restore every touched parameter bit-exactly."""
         for name, before in self._before.items():
-            self._param(name).copy_(before)
+            write_weight(self.model, name, before)
         self._before.clear()
 
     def changes(self) -> dict[str, WeightChange]:
         return {
-            name: WeightChange(name, before, self._param(name).detach().to("cpu", copy=True))
+            name: WeightChange(name, before, read_weight(self.model, name).to("cpu", copy=True))
             for name, before in self._before.items()
         }

@@ -32,7 +32,10 @@ from .saving import MARKER, read_method_state
 log = logging.getLogger(__name__)
 
 #: Settings a `model` statement (or the API) may give, with their defaults.
-SETTINGS: dict[str, Any] = {"dtype": "float32", "device": "cpu", "device_map": None}
+SETTINGS: dict[str, Any] = {"dtype": "float32", "device": "cpu", "device_map": None, "max_memory": None, "offload_folder": None}
+
+#: accelerate's placement strategies (a device map may also be a mapping of module -> device)
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -90,6 +93,46 @@ def resolve_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
     elif device != "cpu":
         raise UsageError(f"unknown device `{out['device']}`", "use cpu, cuda, cuda:N or auto")
     out["device"] = device
+    out["device_map"] = _device_map(out["device_map"])
+    out["max_memory"] = _max_memory(out["max_memory"])
+    if out["offload_folder"] is not None:
+        out["offload_folder"] = str(out["offload_folder"])
+    return out
+
+
+def _device_map(value: Any) -> str | dict[str, Any] | None:
+    """A device map as accelerate takes it: a strategy name, or module -> device (given
+    as a mapping, or in a script as a JSON object string: ``device_map="{\"model.layers.3\": \"disk\", ...}"``)."""
+    if value is None or isinstance(value, dict):
+        return value
+    text = str(value).strip()
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"device_map is not a JSON object: {exc}", 'e.g. device_map="{\"model.layers.0\": \"cpu\", \"model.layers.1\": \"disk\"}"') from None
+        if not isinstance(parsed, dict):
+            raise UsageError("device_map must map module names to devices")
+        return parsed
+    if text not in DEVICE_MAP_STRATEGIES:
+        raise UsageError(f"unknown device_map `{text}`", did_you_mean(text, list(DEVICE_MAP_STRATEGIES)) or
+                         f"use {', '.join(DEVICE_MAP_STRATEGIES)} or a JSON object of module -> device")  # fmt: skip
+    return text
+
+
+def _max_memory(value: Any) -> dict[Any, str] | None:
+    """accelerate's ``max_memory`` from a mapping, or from ``"cpu=2GiB"`` strings (a list,
+    or one comma-separated string): the most each device may hold; a GPU by its index."""
+    if value is None or isinstance(value, dict):
+        return value
+    items = value if isinstance(value, list) else str(value).split(",")
+    out: dict[Any, str] = {}
+    for item in items:
+        device, eq, size = str(item).partition("=")
+        if not eq or not device.strip() or not size.strip():
+            raise UsageError(f"max_memory entry {item!r} is not DEVICE=SIZE", 'e.g. max_memory=["0=10GiB", "cpu=30GiB"]')
+        key = device.strip()
+        out[int(key) if key.isdigit() else key] = size.strip()
     return out
 
 
@@ -157,8 +200,9 @@ def load_pretrained(
     arch = architecture_for(config.model_type)
 
     kwargs: dict[str, Any] = {"dtype": settings["dtype"], "local_files_only": local_only}
-    if settings.get("device_map") is not None:
-        kwargs["device_map"] = settings["device_map"]
+    for name in ("device_map", "max_memory", "offload_folder"):
+        if settings.get(name) is not None:
+            kwargs[name] = settings[name]
     model = AutoModelForCausalLM.from_pretrained(where, config=config, **kwargs)
     if settings.get("device_map") is None and settings["device"] != "cpu":
         model = model.to(settings["device"])

@@ -233,7 +233,7 @@ def value_residuals(model: LoadedModel, layer: int, keys: torch.Tensor, residual
     if model.arch.mlp_out_norm is None:
         return residuals
     norm = model.module(model.arch.mlp_out_norm.format(layer))
-    w = model.parameter(model.mlp_out_weight_name(layer)).float()
+    w = model.read_weight(model.mlp_out_weight_name(layer)).float().to(keys.device)
     values = (w.T if model.arch.transposed else w) @ keys.float()  # (d_out, n)
     ones = torch.ones(1, values.shape[0], device=values.device, dtype=model.dtype)
     gain = norm(ones).float()[0]  # g: the norm of a vector of ones is its scale

@@ -15,6 +15,13 @@ Corpora (``corpus=``):
 safetensors (never pickle) under :func:`kedsl.cache.stats_dir`, keyed by the model's base
 fingerprint, layer, corpus id and sample count. Several layers are computed in one pass
 over the corpus, and the forward pass stops after the deepest layer asked for.
+
+The tokens are always the first ``samples`` tokens of the corpus' rows in order (the
+row that reaches the count is cut there: a key depends only on the tokens before it), so
+the sum is over the same tokens however the rows are batched or shared out. Across
+ranks (``ranks``, :mod:`kedsl.distributed`) rank 0 reads or samples the corpus and sends
+it to every rank, each rank sums ``k kᵀ`` over its share of the rows, one all-reduce adds
+the parts (and counts), and rank 0 alone writes the result under the same cache key.
 """
 from __future__ import annotations
 
@@ -23,15 +30,19 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
 from ..cache import stats_dir
 from ..errors import DataError
+from ..files import private_temp
 from ..model.handle import LoadedModel
 from .activations import StopForward, hooked, make_batch, pad_id
 from .context import sample_token_rows
+
+if TYPE_CHECKING:
+    from ..distributed import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +106,7 @@ def _model_corpus_rows(model: LoadedModel, samples: int, seed: int) -> list[list
     # float32: the same corpus on every CPU (bf16 sampling would depend on the hardware)
     rows = sample_token_rows(model, n_docs, MODEL_DOC_TOKENS, seed=seed, top_k=50)
     log.info("sampled the corpus in %.1fs", time.perf_counter() - t)
-    tmp = path.with_suffix(".tmp")
+    tmp = private_temp(path)
     tmp.write_text("".join(json.dumps({"ids": r}) + "\n" for r in rows))
     tmp.replace(path)
     return rows
@@ -136,6 +147,82 @@ def _text_rows(model: LoadedModel, corpus: str, samples: int, max_len: int) -> I
         )
 
 
+def first_tokens(rows: Iterable[list[int]], samples: int, corpus: str) -> list[list[int]]:
+    """The rows holding the first ``samples`` tokens, the last one cut to reach the count
+    exactly (its keys are those of the whole row's first tokens: attention is causal)."""
+    out: list[list[int]] = []
+    total = 0
+    for ids in rows:
+        if total >= samples:
+            break
+        out.append(list(ids[: samples - total]))
+        total += len(out[-1])
+    if total < samples:
+        raise DataError(f"statistics corpus {corpus!r} gave {total} tokens; {samples} were asked for", "use a larger corpus")
+    return out
+
+
+def _input_width(model: LoadedModel, layer: int, site: str) -> int:
+    """The length of a site's vectors: the output projection's key length (from its
+    weight's shape, which an offloaded, meta weight has too), or the hidden size."""
+    if site == "mlp_out":
+        w = model.parameter(model.mlp_out_weight_name(layer))
+        return int(w.shape[0] if model.arch.transposed else w.shape[1])
+    return model.hidden_size
+
+
+@torch.no_grad()
+def _sum_outer_products(model: LoadedModel, layers: Sequence[int], site: str, rows: Sequence[list[int]], batch_tokens: int, what: str) -> torch.Tensor:
+    """``Σ k kᵀ`` over every token of ``rows``, ``k`` the site's vector in each of ``layers``
+    (float64, stacked, on the model's device), in batches of about ``batch_tokens`` tokens;
+    the forward pass stops after the deepest layer."""
+    widths = {_input_width(model, l, site) for l in layers}
+    if len(widths) != 1:
+        raise RuntimeError(f"the layers {list(layers)} have {site} vectors of different widths {sorted(widths)}")
+    width = widths.pop()
+    sums = torch.zeros(len(layers), width, width, dtype=torch.float64, device=model.device)
+    current_mask: list[torch.Tensor] = []
+
+    def make_pre(j: int):
+        def pre(m: torch.nn.Module, args: tuple) -> None:
+            k = args[0][current_mask[0].bool()].float()
+            sums[j] += (k.T @ k).to(device=sums.device, dtype=torch.float64)
+        return pre
+
+    def stop(*_: Any) -> None:
+        raise StopForward
+
+    pad = pad_id(model.tokenizer)
+    total = sum(len(r) for r in rows)
+    t0 = last_log = time.perf_counter()
+    done = 0
+    with hooked() as hs:
+        for j, l in enumerate(layers):
+            hs.append(model.module(site_path(model, l, site)).register_forward_pre_hook(make_pre(j)))
+        hs.append(model.layer(max(layers)).register_forward_hook(stop))
+        pending: list[list[int]] = []
+        pending_tokens = 0
+        for i, ids in enumerate(rows):
+            pending.append(ids)
+            pending_tokens += len(ids)
+            if pending_tokens < batch_tokens and i < len(rows) - 1:
+                continue
+            batch = make_batch(pending, pad, model.device, side="right")
+            current_mask[:] = [batch.attention_mask]
+            try:
+                with torch.autocast("cpu", enabled=False):
+                    model.model(**batch.inputs(), use_cache=False)
+            except StopForward:
+                pass
+            done += pending_tokens
+            pending, pending_tokens = [], 0
+            now = time.perf_counter()
+            if now - last_log > 10:
+                log.info("statistics%s: %d/%d tokens (%.0fs)", what, done, total, now - t0)
+                last_log = now
+    return sums
+
+
 @torch.no_grad()
 def second_moments(
     model: LoadedModel,
@@ -146,100 +233,63 @@ def second_moments(
     batch_tokens: int = 4096,
     max_len: int = 256,
     site: str = "mlp_out",
+    ranks: "Ranks | None" = None,
 ) -> dict[int, torch.Tensor]:
     """``{layer: C}`` with ``C = E[k kᵀ]`` (float32, on the model's device) of the MLP output
     projection's inputs (``site="mlp_in"``: of the MLP's inputs) over ``samples`` tokens of
     ``corpus``. Cached on disk; layers not cached are computed together in one pass over
-    the corpus."""
+    the corpus. With ``ranks`` every rank calls this alike and gets the same result; the
+    ranks share the corpus (module doc)."""
     from safetensors.torch import load_file, save_file
 
     for l in layers:
         model.check_layer(l)
+    main = ranks is None or ranks.is_main
     out: dict[int, torch.Tensor] = {}
     missing = []
     for l in sorted(set(layers)):
         path = stats_path(model, l, corpus, samples, seed, site)
-        if path.exists():
+        if main and path.exists():
             out[l] = load_file(str(path))["mom2"].to(model.device)
             log.debug("statistics cache hit: %s", path.name)
         else:
             missing.append(l)
+    if ranks is not None:  # rank 0's cache decides: it may be the only rank that has one
+        cached = ranks.broadcast_object({l: t.cpu() for l, t in out.items()} if main else None)
+        out = {l: t.to(model.device) for l, t in cached.items()}
+        missing = [l for l in sorted(set(layers)) if l not in out]
     if not missing:
         return out
 
-    if corpus == MODEL_CORPUS:
-        rows: Iterable[list[int]] = _model_corpus_rows(model, samples, seed)
-    else:
-        rows = _text_rows(model, corpus, samples, max_len)
-
-    paths = {l: site_path(model, l, site) for l in missing}
-    sums: dict[int, torch.Tensor] = {}
-    counts = {l: 0 for l in missing}
-    deepest = model.layer(max(missing))
-    current_mask: list[torch.Tensor] = []
-    remaining = [samples]
-
-    def make_pre(l: int):
-        def pre(m: torch.nn.Module, args: tuple) -> None:
-            x = args[0]
-            mask = current_mask[0]
-            k = x[mask.bool()].float()[: remaining[0]]
-            if l not in sums:
-                sums[l] = torch.zeros(k.shape[-1], k.shape[-1], dtype=torch.float64, device=k.device)
-            sums[l] += (k.T @ k).double()
-            counts[l] += k.shape[0]
-        return pre
-
-    def stop(*_: Any) -> None:
-        raise StopForward
-
-    log.info("computing second moments for layers %s over %d tokens of corpus %r", missing, samples, corpus)
+    rows: list[list[int]] | None = None
+    if main:
+        found = _model_corpus_rows(model, samples, seed) if corpus == MODEL_CORPUS else _text_rows(model, corpus, samples, max_len)
+        rows = first_tokens(found, samples, corpus)
+    if ranks is not None:
+        rows = ranks.broadcast_object(rows)
+    assert rows is not None
+    share = ranks.share(rows) if ranks is not None else rows
+    what = f" (rank {ranks.rank} of {ranks.world})" if ranks is not None else ""
+    log.info("computing second moments for layers %s over %d tokens of corpus %r%s", missing, samples, corpus, what)
     t0 = time.perf_counter()
-    last_log = t0
-    pad = pad_id(model.tokenizer)
-    with hooked() as hs:
-        for l in missing:
-            hs.append(model.module(paths[l]).register_forward_pre_hook(make_pre(l)))
-        hs.append(deepest.register_forward_hook(stop))
-        pending: list[list[int]] = []
-        pending_tokens = 0
-
-        def flush() -> None:
-            batch = make_batch(pending, pad, model.device, side="right")
-            current_mask[:] = [batch.attention_mask]
-            try:
-                with torch.autocast("cpu", enabled=False):
-                    model.model(**batch.inputs(), use_cache=False)
-            except StopForward:
-                pass
-            remaining[0] -= int(batch.attention_mask.sum())
-            pending.clear()
-
-        for ids in rows:
-            if remaining[0] <= 0:
-                break
-            pending.append(ids)
-            pending_tokens += len(ids)
-            if pending_tokens >= batch_tokens:
-                flush()
-                pending_tokens = 0
-                now = time.perf_counter()
-                if now - last_log > 10:
-                    done = samples - max(remaining[0], 0)
-                    log.info("statistics: %d/%d tokens (%.0fs)", done, samples, now - t0)
-                    last_log = now
-        if pending and remaining[0] > 0:
-            flush()
-    for l in missing:
-        if counts[l] < samples:
-            raise DataError(f"statistics corpus {corpus!r} gave {counts[l]} tokens; {samples} were asked for", "use a larger corpus")
-        mom2 = (sums[l] / counts[l]).float().contiguous()
-        path = stats_path(model, l, corpus, samples, seed, site)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"mom2": mom2.cpu()}, str(tmp), metadata={"count": str(counts[l]), "corpus": corpus, "layer": str(l), "site": site})
-        tmp.replace(path)
+    sums = _sum_outer_products(model, missing, site, share, batch_tokens, what)
+    count = sum(len(r) for r in share)
+    if ranks is not None:  # one all-reduce: every layer's sum and the token count together
+        flat = torch.cat([sums.reshape(-1), torch.tensor([float(count)], dtype=torch.float64, device=sums.device)])
+        flat = ranks.all_reduce_sum(flat)
+        sums, count = flat[:-1].reshape(sums.shape), int(flat[-1].item())
+    if count != samples:
+        raise RuntimeError(f"statistics summed {count} tokens where {samples} were asked for")
+    for j, l in enumerate(missing):
+        mom2 = (sums[j] / count).float().contiguous()
+        if main:
+            path = stats_path(model, l, corpus, samples, seed, site)
+            tmp = private_temp(path)
+            save_file({"mom2": mom2.cpu()}, str(tmp), metadata={"count": str(count), "corpus": corpus, "layer": str(l), "site": site})
+            tmp.replace(path)
+            log.info("statistics written to %s%s", path, what)
         out[l] = mom2.to(model.device)
-    log.info("statistics for layers %s done in %.1fs", missing, time.perf_counter() - t0)
+    log.info("statistics for layers %s done in %.1fs%s", missing, time.perf_counter() - t0, what)
     return out
 
 
