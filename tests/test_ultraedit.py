@@ -14,7 +14,7 @@ import kedsl_ultraedit
 from kedsl.editing.outcome import EditContext
 from kedsl.editing.request import EditRequest
 from kedsl.model.journal import WeightJournal
-from kedsl.toolkit.gradients import encode_answers, fold_moments, linear_factors, normalise
+from kedsl.toolkit.gradients import encode_answers, fold_moments, linear_factors, standardise
 from kedsl.toolkit.scoring import teacher_forced
 
 REQUESTS = [
@@ -63,7 +63,7 @@ def test_requested_changes_follow_the_normalised_gradient():
     mean, m2, count = torch.zeros(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     fold_moments(mean, m2, count, many)
     v = requested_changes(x, d, mean, m2, count, lr=0.1)
-    zn = normalise(torch.cat([x, d], 1).double(), mean, m2, count)
+    zn = standardise(torch.cat([x, d], 1).double(), mean, m2 / count)
     torch.testing.assert_close(v, -0.1 * zn[:, :5].pow(2).sum(1, keepdim=True) * zn[:, 5:], rtol=2e-2, atol=1e-3)
     # a model's very first token (no variance yet) still asks for a change against its gradient
     mean1, m21, count1 = torch.zeros(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64), torch.zeros((), dtype=torch.float64)

@@ -333,13 +333,15 @@ def run_bench(
                         r["n"][f"pre_{m}"] = len(impls[m].prompts(e)) if b is not None else 0
     post = [m for m in metrics if m != PRE_EFFICACY]
 
+    def measure_metric(m: str, idx: list[int]) -> list[Any]:
+        return impls[m].measure(model, [evals[i] for i in idx], [baselines[m][i] for i in idx] if m in baselines else None)
+
     def measure(idx: list[int]) -> None:
         idx = [i for i in idx if records[i]["status"] == "edited"]
         if not idx:
             return
         for m in post:
-            res = impls[m].measure(model, [evals[i] for i in idx], [baselines[m][i] for i in idx] if m in baselines else None)
-            _store(records, idx, m, res, jsonable)
+            _store(records, idx, m, measure_metric(m, idx), jsonable)
         for i in idx:
             records[i]["status"] = "measured"
 
@@ -370,17 +372,19 @@ def run_bench(
             method_seconds, edited = saved["method_seconds"], saved["edited"]
             say(groups[done_groups - 1][-1] + 1, n, f"resumed from the checkpoint after {done_groups} turn(s)")
 
-    def curve_measure(m: str, idx: list[int]) -> list[Any]:
-        return impls[m].measure(model, [evals[i] for i in idx], [baselines[m][i] for i in idx] if m in baselines else None)
-
     def after_turn(g_no: int, group: list[int]) -> None:
         """Sequential mode: the curve point (and checkpoint) due after this turn, if any."""
         reached = group[-1] + 1
         if not settings.checkpoints or not seq.checkpoint_due(reached - len(group), reached, n, settings.checkpoints):
             return
         say(reached, n, f"checkpoint: measuring the {reached} edits so far")
-        so_far = [i for i in range(reached) if records[i]["status"] == "edited"]
-        curve.append(seq.curve_point(reached, so_far, post, curve_measure, method_seconds))
+        if reached == n:  # the last point is the final measurement, taken once (every case, generation metrics too)
+            measure(list(range(n)))
+            final = aggregate_cases(records, post)
+            curve.append(seq.point(n, method_seconds, {m: final[m] for m in post}, {m: final["n"][m] for m in post}))
+        else:
+            so_far = [i for i in range(reached) if records[i]["status"] == "edited"]
+            curve.append(seq.curve_point(reached, so_far, post, measure_metric, method_seconds))
         log.info("bench: curve at %d edits: %s", reached, curve[-1]["metrics"])
         if ckpt_dir is not None:
             progress_doc = {"records": records, "curve": curve, "method_seconds": method_seconds, "edited": edited}
@@ -443,7 +447,7 @@ def run_bench(
         if ranks:
             ranks.add(done_key, len(group))
         log.info("bench: group %d/%d (%s) in %.1fs", g_no + 1, len(groups), label, seconds)
-    if settings.mode == "sequential":
+    if settings.mode == "sequential" and any(r["status"] == "edited" for r in records):
         say(n, n, "measuring every case on the model holding all edits")
         measure(list(range(n)))
     fp_after = model.fingerprint()

@@ -5,7 +5,8 @@
 the curve of efficacy, generalization, locality, ... as the edits accumulate. Metrics that
 generate text (fluency, efficacy_gen) cost a generation per case, so at a checkpoint they
 are measured on an evenly spaced sample of at most :data:`GENERATION_SAMPLE` of the edits
-so far; each point records how many cases each value averages.
+so far; each point records how many cases each value averages. The last point is the
+run's final measurement of every case (taken once, for the table and the curve).
 
 With ``--checkpoint-dir DIR`` each checkpoint also saves what the run needs to continue:
 the current values of every weight an edit has touched, the method state, the
@@ -72,6 +73,12 @@ def curve_point(
         vals = [r.value for r in results if r.value is not None]
         values[m] = sum(vals) / len(vals) if vals else None
         counts[m] = len(vals)
+    return point(edits, seconds, values, counts)
+
+
+def point(edits: int, seconds: float, values: dict[str, float | None], counts: dict[str, int]) -> dict[str, Any]:
+    """A curve point: the edits so far, the method's seconds so far, each metric's mean and
+    how many cases it averages."""
     return {"edits": edits, "seconds": seconds, "metrics": values, "n": counts}
 
 

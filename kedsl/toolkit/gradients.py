@@ -116,7 +116,6 @@ def fold_moments(mean: torch.Tensor, m2: torch.Tensor, count: torch.Tensor, z: t
         count += n
 
 
-def normalise(z: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """``(z - mean) / sqrt(var + EPS)`` with the population variance ``m2 / count``."""
-    var = m2 / count.clamp(min=1)
+def standardise(z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """``(z - mean) / sqrt(var + EPS)``, per feature (the statistics in ``z``'s dtype)."""
     return (z - mean.to(z.dtype)) / torch.sqrt(var.to(z.dtype) + EPS)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from kedsl.plugin import LoadedModel
-from kedsl.toolkit.gradients import EPS, AnswerBatch as Encoded, fold_moments, linear_factors
+from kedsl.toolkit.gradients import AnswerBatch as Encoded, fold_moments, linear_factors, standardise
 
 
 def gradient_factors(model: LoadedModel, batch: Encoded, layers: Sequence[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -82,7 +82,7 @@ def weight_deltas(
             mean, var = buffers[f"norm.{key}.mean"], buffers[f"norm.{key}.m2"] / count
         else:  # an untrained editor: the batch's own statistics
             mean, var = z.mean(0).detach(), z.var(0, unbiased=False).detach()
-        zn = (z - mean) / torch.sqrt(var + EPS)
+        zn = standardise(z, mean, var)
         hidden = F.relu(F.linear(zn, params[f"net.{key}.w1"], params[f"net.{key}.b1"]))
         hidden = hidden * (1 + params[f"layer.{layer}.scale"]) + params[f"layer.{layer}.shift"]
         transformed = zn + F.linear(hidden, params[f"net.{key}.w2"], params[f"net.{key}.b2"])

@@ -37,16 +37,22 @@ class UltraEditConfig(MethodConfig):
             raise UsageError("ultraedit needs at least one layer", "give layers=10..22, for example")
         return cfg
 
-    def weight_names(self, model: LoadedModel) -> list[str]:
-        """The weights an edit changes; a layer the model lacks is a usage error."""
-        names: list[str] = []
+    def edited(self, model: LoadedModel) -> list[tuple[str, int, str]]:
+        """``(weight name, layer, statistics site)`` of every projection an edit changes
+        (the site names where the inputs' second moment is taken: ``mlp_in`` or
+        ``mlp_out``); a layer the model lacks is a usage error."""
+        out: list[tuple[str, int, str]] = []
         for layer in self.layers:
             model.check_layer(layer)
             if self.projections in ("input", "both"):
-                names += model.mlp_in_weight_names(layer)
+                out += [(name, layer, "mlp_in") for name in model.mlp_in_weight_names(layer)]
             if self.projections in ("output", "both"):
-                names.append(model.mlp_out_weight_name(layer))
-        return names
+                out.append((model.mlp_out_weight_name(layer), layer, "mlp_out"))
+        return out
+
+    def weight_names(self, model: LoadedModel) -> list[str]:
+        """The weights an edit changes."""
+        return [name for name, _, _ in self.edited(model)]
 
 
 PRESETS: tuple[Preset, ...] = ()

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method
-from kedsl.toolkit.gradients import EPS, encode_answers, fold_moments, linear_factors
+from kedsl.toolkit.gradients import AnswerBatch, encode_answers, fold_moments, linear_factors, standardise
 from kedsl.toolkit.stats import second_moment
 
 from .config import UltraEditConfig
@@ -71,7 +71,7 @@ def requested_changes(x: torch.Tensor, d: torch.Tensor, mean: torch.Tensor, m2: 
     prior[d_in:] = z[:, d_in:].pow(2).mean()
     shrunk_mean = mean.double() * (n / (n + k))
     shrunk_var = (n * var + k * prior) / (n + k)
-    zn = (z - shrunk_mean) / (shrunk_var + EPS).sqrt()
+    zn = standardise(z, shrunk_mean, shrunk_var)
     xn, dn = zn[:, :d_in], zn[:, d_in:]
     return -lr * xn.pow(2).sum(1, keepdim=True) * dn
 
@@ -86,13 +86,12 @@ def ridge_update(x: torch.Tensor, v: torch.Tensor, ridge: float, preserved: torc
     return torch.linalg.solve(a, x.T @ v.double()).T
 
 
-def preserved_inputs(model: LoadedModel, name: str, cfg: UltraEditConfig) -> torch.Tensor | None:
-    """``preserve * C`` for the projection ``name`` (None with ``preserve`` 0), ``C`` the
-    second moment of its inputs over the statistics corpus (cached on disk)."""
+def preserved_inputs(model: LoadedModel, layer: int, site: str, cfg: UltraEditConfig) -> torch.Tensor | None:
+    """``preserve * C`` for a projection at ``layer`` whose inputs are those of ``site``
+    (None with ``preserve`` 0), ``C`` their second moment over the statistics corpus
+    (cached on disk)."""
     if cfg.preserve <= 0:
         return None
-    layer = next(l for l in cfg.layers if name == model.mlp_out_weight_name(l) or name in model.mlp_in_weight_names(l))
-    site = "mlp_out" if name == model.mlp_out_weight_name(layer) else "mlp_in"
     return cfg.preserve * second_moment(model, layer, cfg.stats_corpus, cfg.mom2_samples, cfg.seed, site=site)
 
 
@@ -104,16 +103,19 @@ class UltraEdit(Method):
 
     def apply(self, model: LoadedModel, requests: list[EditRequest], params: dict[str, Any], context: EditContext) -> EditOutcome:
         cfg = UltraEditConfig.from_params(params, context.seed)
-        names = cfg.weight_names(model)
+        edited = cfg.edited(model)
+        names = [name for name, _, _ in edited]
         modules = {name: model.module(name.rsplit(".", 1)[0]) for name in names}
-        preserved = {name: preserved_inputs(model, name, cfg) for name in names}
+        preserved = {name: preserved_inputs(model, layer, site, cfg) for name, layer, site in edited}
         start = time.perf_counter()
+        # tokenized once: every step reads the same answers
+        batches = [encode_answers(model, [(r.prompt, r.target) for r in requests[at : at + CHUNK]]) for at in range(0, len(requests), CHUNK)]
         new_state: dict[str, torch.Tensor] = {}
         tokens = 0
         for step in range(cfg.steps):
             if context.progress is not None and cfg.steps > 1:
                 context.progress(f"ultraedit step {step + 1}/{cfg.steps} over {len(requests)} request(s)")
-            factors = self._factors(model, requests, modules)
+            factors = self._factors(model, batches, modules)
             for name in names:
                 x, d = factors[name]
                 tokens = x.shape[0]
@@ -134,14 +136,13 @@ class UltraEdit(Method):
         return context.outcome(projections=len(names), answer_tokens=tokens, steps=cfg.steps, seconds=seconds)
 
     @staticmethod
-    def _factors(model: LoadedModel, requests: list[EditRequest], modules: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Every projection's ``(X, D)`` at the answer-predicting positions of all requests."""
+    def _factors(model: LoadedModel, batches: list[AnswerBatch], modules: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every projection's ``(X, D)`` at the answer-predicting positions of all batches."""
         parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in modules}
         was_training = model.model.training
         model.model.eval()  # no dropout: the edit must be deterministic
         try:
-            for at in range(0, len(requests), CHUNK):
-                batch = encode_answers(model, [(r.prompt, r.target) for r in requests[at : at + CHUNK]])
+            for batch in batches:
                 # the loss is a mean over the chunk's answer tokens: times their count, each
                 # row of D is that token's own gradient, whatever the chunking
                 per_token = float(batch.predicting().sum())
