@@ -112,11 +112,15 @@ class RunReport:
 
 class Reporter(Protocol):
     """Progress callbacks; the CLI prints, the library only logs. ``edit_measured`` comes
-    when an edit's expectations are measured (in a batch, one by one after the update)."""
+    when an edit's expectations are measured (in a batch, one by one after the update);
+    ``method_progress`` (optional) carries what a method says while it works, such as a
+    1,000-fact batch's target search."""
 
     def edit_started(self, index: int, total: int, edit: PlannedEdit) -> None: ...
 
     def edit_measured(self, index: int, total: int, edit: PlannedEdit) -> None: ...
+
+    def method_progress(self, message: str) -> None: ...
 
     def edit_finished(self, report: EditReport, total: int) -> None: ...
 
@@ -127,6 +131,9 @@ class _LogReporter:
 
     def edit_measured(self, index: int, total: int, edit: PlannedEdit) -> None:
         log.debug("edit %d/%d measured", index + 1, total)
+
+    def method_progress(self, message: str) -> None:
+        log.debug("%s", message)
 
     def edit_finished(self, report: EditReport, total: int) -> None:
         log.info("edit %d/%d %s in %.1fs", report.index + 1, total, report.status, report.seconds)
@@ -162,6 +169,7 @@ class Executor:
         self.reporter = reporter or _LogReporter()
         # optional: a reporter written before `edit_measured` existed keeps working
         self._edit_measured = getattr(self.reporter, "edit_measured", None)
+        self._method_progress = getattr(self.reporter, "method_progress", None)
         self.says_now_tokens = says_now_tokens
         self.method_state = model.method_state  # travels with the model (saved with it)
         self._metric_impls: dict[str, Any] = {}
@@ -215,6 +223,7 @@ class Executor:
             cache_dir=self.cache_dir,
             seed=self.seed,
             state=self.method_state.setdefault(spec.name, {}),
+            progress=self._method_progress,
         )
         # Methods replace state entries rather than mutating them, so a shallow copy is a
         # snapshot: a rolled-back edit leaves no trace in the state either.

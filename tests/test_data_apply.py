@@ -244,3 +244,29 @@ def test_the_audit_trail_of_a_data_file(audited, tmp_path):
     replays = [r for r in json.loads(run_kedsl(["log", "--json"], env).stdout) if r["kind"] == "replay"]
     assert len(replays) == 2 and all(r["data_files"][0]["sha256"] == digest for r in replays)
     assert all(r["fingerprint_after"] == run["fingerprint_after"] for r in replays)
+
+
+def test_a_large_batch_reports_its_target_search_as_it_goes(tiny_tokenizer, tmp_path, capsys):
+    from conftest import make_tiny_llama
+
+    from kedsl.cli import _PrintReporter
+
+    registry = Registry(plugins=[kedsl_memit, kedsl_architectures, kedsl_metrics, kedsl_relations], entry_points=False)
+    write_facts(tmp_path / "facts.csv")
+    call = f"memit(layers=1..2, v_batch=3, {_args(MEMIT_FAST, 'layers')})"  # 4 facts: two search chunks
+    (tmp_path / "data.ke").write_text(HEAD + f'batch using {call} {{\n    edits from "facts.csv";\n}}\n')
+
+    class Heard(_PrintReporter):
+        said: list[str] = []
+
+        def method_progress(self, message: str) -> None:
+            self.said.append(message)
+            super().method_progress(message)
+
+    reporter = Heard()
+    reporter.tty, reporter.LINE_EVERY_S = False, 0.0  # every line, as a log file gets them
+    api.apply(str(tmp_path / "data.ke"), db=tmp_path / "k.db", model=sharpen(make_tiny_llama(tiny_tokenizer)), registry=registry, reporter=reporter)
+    assert [m for m in reporter.said if "target search" in m] == ["memit: target search for 4 facts", "memit: target search: 3/4 facts", "memit: target search: 4/4 facts"]
+    err = capsys.readouterr().err
+    assert "  memit: target search: 3/4 facts  elapsed " in err and "ETA" in err.split("3/4 facts")[1].splitlines()[0]
+    assert "  memit: target search: 4/4 facts  elapsed " in err  # the last one is always shown

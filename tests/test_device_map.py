@@ -1,6 +1,7 @@
-"""Models split by accelerate's device maps: ROME, MEMIT and FT-M read and write the
-weights they edit where they live (two layers offloaded to disk, the rest on the CPU),
-give the fingerprint the unsplit model gives, and undo exactly; the settings' errors."""
+"""Models split by accelerate's device maps: every built-in method reads and writes the
+weights it edits where they live (two layers offloaded to disk, the rest on the CPU),
+gives the fingerprint (and attachments) the unsplit model gives, and undoes exactly; a
+revert of a saved model loaded split; the settings' errors."""
 from __future__ import annotations
 
 import json
@@ -90,3 +91,45 @@ def test_device_map_settings_are_checked():
     with pytest.raises(UsageError, match="not DEVICE=SIZE"):
         resolve_settings({"max_memory": "cpu"})
 
+
+
+#: The other built-ins, with the conformance kit's fast settings; each edits layers 1-2.
+OTHERS = ["alphaedit", "ft_l", "lora", "adalora", "ike", "grace", "ultraedit"]
+
+
+def edit_split_and_unsplit(method: str, params: dict, model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Edit the model saved in ``model_dir`` with ``method``, unsplit and split (layers 1-2
+    on disk): each undoes and redoes exactly, and both give the same weights and attachments."""
+    from kedsl.editing.outcome import EditContext
+    from kedsl.model.attachments import attachments_digest
+    from kedsl.model.journal import WeightJournal
+    from kedsl.model.loading import load_model
+    from kedsl.registry import get_registry
+    from kedsl.registry.params import resolve_params
+
+    spec = get_registry().method(method)
+    impl = spec.load()
+    results = {}
+    for kind, settings in (("unsplit", {}), ("split", {"device_map": json.dumps(_split_map(model_dir)), "offload_folder": str(tmp_path / "offload")})):
+        monkeypatch.setenv("KEDSL_STATS_DIR", str(tmp_path / f"stats-{kind}"))
+        model = load_model(str(model_dir), settings)
+        before = model.fingerprint()
+        ctx = EditContext(weights=WeightJournal(model.model), cache_dir=tmp_path, seed=0)
+        outcome = impl.apply(model, [REQUESTS["edit"]], resolve_params(spec.params, params), ctx)
+        offloaded = [model.is_offloaded(n) for n in outcome.changes]
+        assert any(offloaded) if kind == "split" and offloaded else not any(offloaded)
+        edited = (model.fingerprint(), attachments_digest(model))
+        outcome.undo(model)
+        assert (model.fingerprint(), attachments_digest(model)) == (before, None)
+        outcome.redo(model)
+        assert (model.fingerprint(), attachments_digest(model)) == edited
+        results[kind] = (before, edited)
+    assert results["split"] == results["unsplit"], f"{method}: the split model's edit differs"
+    assert results["split"][1] != (results["split"][0], None)
+
+
+@pytest.mark.parametrize("method", OTHERS)
+def test_every_other_built_in_edits_a_split_model_like_the_unsplit_one(method, saved_tiny, tmp_path, monkeypatch):
+    from test_conformance import BUILT_IN
+
+    edit_split_and_unsplit(method, BUILT_IN[method], saved_tiny, tmp_path, monkeypatch)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_llama
+from test_device_map import edit_split_and_unsplit
 
 from kedsl.editing.outcome import EditContext
 from kedsl.editing.request import EditRequest
@@ -194,3 +195,11 @@ def test_the_python_api_trains_the_same_editor_as_the_command(base_dir, tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert editor == json.loads((api_out / "editor.json").read_text())
     assert editor["identity"] == json.loads((cli_out / "editor.json").read_text())["identity"]
+
+
+def test_mend_edits_a_split_model_like_the_unsplit_one(trained, tiny_tokenizer, tmp_path, monkeypatch):
+    from kedsl.model.saving import save_model
+
+    out, _ = trained
+    save_model(make_tiny_llama(tiny_tokenizer), tmp_path / "model", {})  # the model the editor was trained on
+    edit_split_and_unsplit("mend", {"editor": str(out)}, tmp_path / "model", tmp_path, monkeypatch)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_llama
+from test_device_map import edit_split_and_unsplit
 
 from kedsl.editing.outcome import EditContext
 from kedsl.editing.request import EditRequest
@@ -175,3 +176,11 @@ def test_check_finds_a_missing_or_foreign_editor_before_any_model_loads(trained,
         assert d.code == "bad-editor" and message in d.message, (line, d)
     _, diags = check_source(f'model "tiny";\n{prompt} using serac(editor="{out}");\n', Registry())
     assert not [d for d in diags if d.is_error]
+
+
+def test_serac_edits_a_split_model_like_the_unsplit_one(trained, tiny_tokenizer, tmp_path, monkeypatch):
+    from kedsl.model.saving import save_model
+
+    out, _ = trained
+    save_model(make_tiny_llama(tiny_tokenizer), tmp_path / "model", {})  # the model the editor was trained on
+    edit_split_and_unsplit("serac", {"editor": str(out)}, tmp_path / "model", tmp_path, monkeypatch)

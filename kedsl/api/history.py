@@ -103,15 +103,15 @@ def revert(
                     raise UsageError(f"the model in {model_dir} has no parameter {name} (edit {edit_id} changed it)") from None
                 if tuple(p.shape) != tuple(after.shape):
                     raise UsageError(f"{name} has shape {tuple(p.shape)} in {model_dir}, but edit {edit_id} changed a {tuple(after.shape)} one")
-                current = p.detach().to("cpu", copy=True)
+                current = model.read_weight(name).to("cpu", copy=True)  # where it lives (device maps too)
                 if current.dtype == after.dtype and torch.equal(current, after):
-                    p.copy_(before.to(p.dtype))
+                    model.write_weight(name, before)
                     modes[name] = "restored"
                 else:
-                    p.sub_((after.float() - before.float()).to(device=p.device, dtype=p.dtype))
+                    model.write_weight(name, current - (after.float() - before.float()).to(current.dtype))
                     modes[name] = "subtracted"
                     log.warning("%s was changed again after edit %s: subtracted its delta (not bit-exact)", name, edit_id)
-                changes[name] = WeightChange(name, current, p.detach().to("cpu", copy=True))
+                changes[name] = WeightChange(name, current, model.read_weight(name).to("cpu", copy=True))
             _remove_attachments(store, registry, model, model_dir, edit_id, attached, changes, modes)
         sha = store.save_outcome(changes)
         rev_id = store.record_edit(

@@ -115,11 +115,13 @@ def search_targets(
     last_layer: int,
     config: ValueSearchConfig,
     chunk: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> Targets:
     """``z`` for every request: the residual stream after ``last_layer`` that makes the
     model say its target (``h + δ``, ``δ`` searched at :func:`search_path`). Facts are
     searched ``chunk`` at a time (0: all together); the search's memory grows with the
-    rows of a chunk (facts × templates)."""
+    rows of a chunk (facts × templates). ``progress`` hears of each chunk when there are
+    several (a large batch spends most of its time here)."""
     facts = [Fact(r.prompt, r.subject, r.target) for r in requests]
     size = chunk or len(facts)
     path = search_path(model, last_layer)
@@ -131,6 +133,8 @@ def search_targets(
             i, i + len(part.target_prob) - 1, len(facts), part.steps, part.seconds, sum(part.target_prob) / len(part.target_prob),
         )
         parts.append(part)
+        if progress is not None and size < len(facts):
+            progress(f"target search: {i + len(part.target_prob)}/{len(facts)} facts")
     if path == residual_path(model, last_layer):
         z = torch.cat([p.targets for p in parts]).float().T.contiguous()
     else:  # δ was added to the normed MLP output, which the block adds to the residual stream
@@ -303,7 +307,8 @@ def multilayer_edit(
     t0 = time.perf_counter()
     templates = context_templates(model, cfg.context_lengths, cfg.context_count, cfg.seed)
     say(f"{method}: target search for {len(requests)} facts")
-    found = search_targets(model, requests, templates, cfg.layers[-1], ValueSearchConfig.from_method(cfg), cfg.v_batch)
+    found = search_targets(model, requests, templates, cfg.layers[-1], ValueSearchConfig.from_method(cfg), cfg.v_batch,
+                           lambda s: say(f"{method}: {s}"))
     spread = spread_update(model, requests, cfg.layers, templates, found.z, solve, context.weights, lambda s: say(f"{method}: {s}"), cfg.spread_passes)
     seconds = time.perf_counter() - t0
     log.info("%s: %d facts, layers %s, %d search steps, %.1fs (search %.1fs)", method, len(requests), cfg.layers, found.steps, seconds, found.seconds)

@@ -136,7 +136,12 @@ def install_adapter(
     tp = getattr(net.config, "pretraining_tp", _MISSING) if hasattr(net, "config") else _MISSING
     added = False
     try:
-        with torch.random.fork_rng(), _quiet_peft():
+        with torch.random.fork_rng(), _quiet_peft(), contextlib.ExitStack() as loaded:
+            # peft makes an adapter where its base weight lives: an offloaded (meta) weight
+            # is loaded for the injection, so the adapter is real, on the execution device
+            for t in targets:
+                if model.is_offloaded(f"{t}.weight"):
+                    loaded.enter_context(model.resident(t))
             if host is None:
                 # A new tuner adopts a `peft_config` it finds on the network (the other
                 # peft type's host sets one) and would share that dict: hide it meanwhile.

@@ -126,10 +126,10 @@ class UltraEdit(Method):
                     new_state.update({f"{name}.mean": mean, f"{name}.m2": m2, f"{name}.count": count})
                 stats = (new_state[f"{name}.mean"], new_state[f"{name}.m2"], new_state[f"{name}.count"])
                 delta = ridge_update(x, requested_changes(x, d, *stats, cfg.lr), cfg.ridge, preserved[name])
-                weight = model.parameter(name)
+                weight = model.read_weight(name)  # where it lives (an offloaded one from its map)
                 delta = delta.T if model.arch.transposed else delta
                 # summed in float32, rounded once to the weight's dtype (a bf16 weight keeps steps below its own rounding)
-                context.weights.set_(name, weight.detach().float() + delta.to(device=weight.device, dtype=torch.float32))
+                context.weights.set_(name, weight.float() + delta.to(device=weight.device, dtype=torch.float32))
         context.state.update(new_state)
         seconds = time.perf_counter() - start
         log.info("ultraedit: %d request(s), %d answer tokens, %d projections, %d step(s), %.2fs", len(requests), tokens, len(names), cfg.steps, seconds)
