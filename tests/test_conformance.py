@@ -28,6 +28,7 @@ BUILT_IN = {
     "ike": {"layer": 1},
     "grace": {"layer": 2, "steps": 10},
     "ultraedit": {"layers": [1, 2], "lr": 0.01, "steps": 3, "ridge": 0.01},
+    "wise": {"layer": 2, "steps": 20, "unrelated": 4},
 }
 
 

@@ -94,7 +94,7 @@ def test_device_map_settings_are_checked():
 
 
 #: The other built-ins, with the conformance kit's fast settings; each edits layers 1-2.
-OTHERS = ["alphaedit", "ft_l", "lora", "adalora", "ike", "grace", "ultraedit"]
+OTHERS = ["alphaedit", "ft_l", "lora", "adalora", "ike", "grace", "ultraedit", "wise"]
 
 
 def edit_split_and_unsplit(method: str, params: dict, model_dir: Path, tmp_path: Path, monkeypatch) -> None:

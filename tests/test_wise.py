@@ -1,0 +1,127 @@
+"""WISE (plugins/kedsl_wise) on tiny in-process models: an edit makes its target the argmax
+while unrelated prompts pass through bit-identically (the router keeps them on the main
+memory), the weights are never touched, undo removes the memory and its hook exactly,
+reverting one edit of a sequence gives the memory the others alone give, shards get
+their own masks and merge by TIES, KV-cached decoding routes as the teacher-forced pass
+does, and the memory survives save and reload."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import method_params, sharpen
+from test_grace import edited, logits
+
+import kedsl_wise
+from kedsl.editing.outcome import EditContext
+from kedsl.editing.request import EditRequest
+from kedsl.model.journal import WeightJournal
+from kedsl.toolkit.scoring import greedy_ids, teacher_forced
+from kedsl_wise.memory import WiseMemory, shard_mask, side_memory, ties_merge
+from kedsl_wise.wise import unrelated_prompts
+
+LAYER = 2
+FAST = {"layer": LAYER, "lr": 1.0, "steps": 60, "unrelated": 8}
+EDIT = EditRequest(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux", target="French")
+SECOND = EditRequest(subject="Toyota", prompt="Toyota has its headquarters in", target="Paris")
+THIRD = EditRequest(subject="the Colosseum", prompt="The city of the Colosseum", target="Berlin")
+
+
+def run(model, requests=(EDIT,), **over):
+    from kedsl_wise.wise import Wise
+
+    ctx = EditContext(weights=WeightJournal(model.model), cache_dir=Path("/tmp"), seed=0)
+    return Wise().apply(model, list(requests), method_params(kedsl_wise, "wise", FAST, **over), ctx)
+
+
+def hooks(model):
+    return len(model.mlp_out(LAYER)._forward_hooks)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_an_edit_is_answered_by_the_side_memory_and_unrelated_prompts_pass_through(fixture, request):
+    model = sharpen(request.getfixturevalue(fixture))
+    unrelated = unrelated_prompts([EDIT], FAST["unrelated"], 0)  # the prompts the router was trained to leave alone
+    fp, before = model.fingerprint(), {t: logits(model, [t]) for t in unrelated}
+    assert not edited(model, EDIT)
+    outcome = run(model)
+    assert edited(model, EDIT)
+    for text in unrelated:
+        assert torch.equal(logits(model, [text]), before[text]), text
+    assert model.fingerprint() == fp and outcome.changes == {}  # the main memory is untouched
+    (att,) = outcome.attachments
+    assert att.kind == "wise_memory" and model.attachments == [att]
+    info = outcome.info
+    assert info["threshold"] == pytest.approx(0.88 * info["edit_score"]) and info["threshold"] > info["unrelated_score_max"]
+    mask = att.mask()
+    assert att.values.numel() == int(mask.sum()) and 0.15 < mask.float().mean() < 0.25  # mask_ratio 0.2
+    assert all(p.requires_grad for p in model.model.parameters())  # flags restored
+
+
+def test_undo_removes_the_memory_and_its_hook_exactly(tiny_llama):
+    model = sharpen(tiny_llama)
+    texts = [EDIT.prompt, SECOND.prompt, "Berlin"]
+    before = logits(model, texts)
+    outcome = run(model)
+    after = logits(model, texts)
+    assert hooks(model) == 1 and not torch.equal(after, before)
+    outcome.undo(model)
+    assert torch.equal(logits(model, texts), before) and hooks(model) == 0 and model.attachments == []
+    outcome.redo(model)
+    assert torch.equal(logits(model, texts), after)
+
+
+def test_reverting_one_edit_of_a_sequence_leaves_the_memory_the_others_give(tiny_llama, tiny_tokenizer):
+    from conftest import make_tiny_llama
+
+    model = sharpen(tiny_llama)
+    first, second, third = (run(model, [r], shard_edits=2, density=1.0) for r in (EDIT, SECOND, THIRD))
+    assert [a.shard for o in (first, second, third) for a in o.attachments] == [0, 0, 1]
+    assert edited(model, EDIT) and edited(model, SECOND) and edited(model, THIRD)
+    second.undo(model)  # what `kedsl revert` does to the middle edit
+    # the same two attachments installed on a fresh copy of the model, in the same order
+    other = sharpen(make_tiny_llama(tiny_tokenizer))
+    for o in (first, third):
+        WiseMemory.from_state(*o.attachments[0].state()).attach(other)
+    mine, theirs = side_memory(model.mlp_out(LAYER)), side_memory(other.mlp_out(LAYER))
+    assert torch.equal(mine.delta(), theirs.delta()) and mine.threshold() == theirs.threshold()
+    texts = [EDIT.prompt, SECOND.prompt, THIRD.prompt]
+    assert torch.equal(logits(model, texts), logits(other, texts))
+
+
+def test_shards_have_their_own_masks_and_merge_by_ties():
+    a, b = shard_mask((8, 16), 0.2, 1), shard_mask((8, 16), 0.2, 2)
+    assert torch.equal(a, shard_mask((8, 16), 0.2, 1)) and not torch.equal(a, b)
+    x = torch.tensor([[1.0, -2.0, 0.5, 0.0]])
+    assert ties_merge([x], 0.5) is x  # one shard is taken as it is
+    y = torch.tensor([[3.0, 1.0, -0.1, 4.0]])
+    # density 1: signs elected by the sum, agreeing entries averaged, the others dropped
+    assert torch.equal(ties_merge([x, y], 1.0), torch.tensor([[2.0, -2.0, 0.5, 4.0]]))
+    # density 0.5 keeps each shard's two largest entries: x's 1 and -2, y's 3 and 4
+    assert torch.equal(ties_merge([x, y], 0.5), torch.tensor([[2.0, -2.0, 0.0, 4.0]]))
+
+
+def test_kv_cached_decoding_routes_like_the_teacher_forced_pass(tiny_llama):
+    model = sharpen(tiny_llama)
+    request = EditRequest(subject="Toyota", prompt="Toyota has its headquarters in", target="Paris and Berlin")
+    run(model, [request])
+    s = teacher_forced(model, [(request.prompt, request.target)])[0]
+    assert s.predicted == s.target_ids
+    ids = model.tokenizer(request.prompt)["input_ids"]
+    (generated,) = greedy_ids(model, [ids], len(s.target_ids))
+    assert list(generated) == list(s.target_ids)
+
+
+def test_the_memory_survives_save_and_reload(tiny_llama, tmp_path):
+    from kedsl.model.loading import load_saved_model
+    from kedsl.model.saving import save_model
+
+    model = sharpen(tiny_llama)
+    run(model)
+    texts = [EDIT.prompt, "Berlin"]
+    expected = logits(model, texts)
+    save_model(model, tmp_path / "edited", {})
+    again = load_saved_model(tmp_path / "edited")
+    assert [a.kind for a in again.attachments] == ["wise_memory"]
+    assert torch.equal(logits(again, texts), expected)
