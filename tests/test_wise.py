@@ -125,3 +125,16 @@ def test_the_memory_survives_save_and_reload(tiny_llama, tmp_path):
     again = load_saved_model(tmp_path / "edited")
     assert [a.kind for a in again.attachments] == ["wise_memory"]
     assert torch.equal(logits(again, texts), expected)
+
+
+def test_replaying_the_blocks_below_trains_the_same_memory_as_full_passes(tiny_tokenizer, monkeypatch):
+    import contextlib
+
+    import kedsl_wise.wise as W
+    from conftest import make_tiny_llama
+
+    replayed = run(sharpen(make_tiny_llama(tiny_tokenizer))).attachments[0]
+    monkeypatch.setattr(W, "record_layer_outputs", lambda net, blocks, go: [])
+    monkeypatch.setattr(W, "replaying", lambda blocks, outputs: contextlib.nullcontext())
+    full = run(sharpen(make_tiny_llama(tiny_tokenizer))).attachments[0]
+    assert torch.equal(replayed.values, full.values) and replayed.score == full.score

@@ -14,7 +14,8 @@ frozen, on two terms:
   ``score_gap``: ``relu(edit_score - s_e) + relu(s_u - unrelated_score) + relu(gap - (min s_e - max s_u))``.
 
 The module's inputs do not depend on its own output, so they are read once, before
-training, and the scores cost one matrix product per step. Training stops when the NLL is
+training, and the scores cost one matrix product per step; the blocks below the layer
+are run once too, their outputs replayed at every step. Training stops when the NLL is
 below ``nll_tol`` and the router separates the two (``act_ratio`` x the lowest edit score
 above the highest unrelated one); the margins keep pushing until then. The unrelated prompts are kedsl's known-fact
 prompts (``kedsl/toolkit/known_facts.json``), a seeded choice that leaves out any prompt
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 import kedsl.toolkit
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method, UsageError
-from kedsl.toolkit.activations import StopForward, make_batch, pad_id, trace
+from kedsl.toolkit.activations import StopForward, make_batch, pad_id, record_layer_outputs, replaying, trace
 from kedsl.toolkit.gradients import encode_answers
 from kedsl.toolkit.objectives import masked_target_loss
 
@@ -115,6 +116,10 @@ class Wise(Method):
         def trial() -> torch.Tensor:  # the memory every training forward uses
             return base + values * mask
 
+        # the blocks below the side memory see none of it: their outputs are recorded once and
+        # replayed at every step (the same numbers, without recomputing them)
+        below = [model.layer(i) for i in range(cfg.layer)]
+        replay = record_layer_outputs(model.model, below, lambda: masked_target_loss(model, requests)) if below else []
         flags = {n: p.requires_grad for n, p in model.model.named_parameters()}
         was_training = model.model.training
         history: list[tuple[float, float]] = []
@@ -123,7 +128,7 @@ class Wise(Method):
                 p.requires_grad_(False)
             model.model.eval()  # no dropout: the edit must be deterministic
             opt = torch.optim.SGD([values], lr=cfg.lr)
-            with memory.training(module, trial), torch.enable_grad():
+            with memory.training(module, trial), replaying(below, replay), torch.enable_grad():
                 for _ in range(cfg.steps):
                     opt.zero_grad(set_to_none=True)
                     nll = masked_target_loss(model, requests)
