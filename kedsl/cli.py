@@ -161,26 +161,23 @@ class _PrintReporter:
         self.method_clock = {"started": time.monotonic(), "shown": 0.0}  # the method's own messages
 
     def method_progress(self, message: str) -> None:
-        """What the method says while it works (a large batch's target search), at most
-        every LINE_EVERY_S seconds without a terminal; an ETA where it counts done/total."""
+        """What the method says while it works (a large batch's target search): a line at
+        most every LINE_EVERY_S seconds, the first once the method has worked that long (a
+        quick edit prints nothing), with an ETA where the message counts done/total."""
         now = time.monotonic()
-        done = re.search(r"(\d+)/(\d+)", message)
-        last = done is not None and done[1] == done[2]
-        if not (last or self.tty or now - self.method_clock["shown"] >= self.LINE_EVERY_S):
+        if now - self.method_clock["shown"] < self.LINE_EVERY_S:
             return
         self.method_clock["shown"] = now
         elapsed = now - self.method_clock["started"]
+        done = re.search(r"(\d+)/(\d+)", message)
         eta = ""
         if done is not None and 0 < int(done[1]) < int(done[2]):
             eta = f"  ETA {_clock(elapsed / int(done[1]) * (int(done[2]) - int(done[1])))}"
-        line = f"  {message}  elapsed {_clock(elapsed)}{eta}"
-        if self.tty:
-            click.echo("\r" + line + "\x1b[K", err=True, nl=last)
-        else:
-            click.echo(line, err=True)
+        click.echo(f"  {message}  elapsed {_clock(elapsed)}{eta}", err=True)
 
     def edit_started(self, index: int, total: int, edit: Any) -> None:
-        self.method_clock = {"started": time.monotonic(), "shown": 0.0}
+        now = time.monotonic()
+        self.method_clock = {"started": now, "shown": now}
         if edit.row is None:
             click.echo(
                 f"[{index + 1}/{total}] editing {edit.request.subject!r}: -> {edit.request.target!r} using {edit.method} ...",

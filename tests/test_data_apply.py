@@ -256,6 +256,10 @@ def test_a_large_batch_reports_its_target_search_as_it_goes(tiny_tokenizer, tmp_
     call = f"memit(layers=1..2, v_batch=3, {_args(MEMIT_FAST, 'layers')})"  # 4 facts: two search chunks
     (tmp_path / "data.ke").write_text(HEAD + f'batch using {call} {{\n    edits from "facts.csv";\n}}\n')
 
+    from kedsl.editing.request import EditRequest
+
+    FACT_REQUEST = EditRequest(subject="Paris", prompt="The city of Paris", target="University")
+
     class Heard(_PrintReporter):
         said: list[str] = []
 
@@ -269,4 +273,10 @@ def test_a_large_batch_reports_its_target_search_as_it_goes(tiny_tokenizer, tmp_
     assert [m for m in reporter.said if "target search" in m] == ["memit: target search for 4 facts", "memit: target search: 3/4 facts", "memit: target search: 4/4 facts"]
     err = capsys.readouterr().err
     assert "  memit: target search: 3/4 facts  elapsed " in err and "ETA" in err.split("3/4 facts")[1].splitlines()[0]
-    assert "  memit: target search: 4/4 facts  elapsed " in err  # the last one is always shown
+    assert "  memit: target search: 4/4 facts  elapsed " in err
+    quiet = Heard()
+    quiet.tty = False  # the default interval: a method that has worked less than 10 s prints nothing
+    quiet.edit_started(0, 1, type("Edit", (), {"row": None, "request": FACT_REQUEST, "method": "memit"})())
+    capsys.readouterr()
+    quiet.method_progress("memit: target search: 3/4 facts")
+    assert capsys.readouterr().err == ""
