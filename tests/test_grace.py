@@ -330,3 +330,14 @@ def test_descriptor_module_imports_without_torch():
     code = "import sys; sys.modules['torch'] = None; import kedsl_grace; print(kedsl_grace.register_methods()[0].name)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "grace"
+
+
+def test_replaying_the_blocks_below_trains_the_same_values_as_full_passes(tiny_tokenizer, monkeypatch):
+    import contextlib
+
+    import kedsl_grace.grace as G
+
+    replayed = run(sharpen(make_tiny_llama(tiny_tokenizer))).attachments[0]
+    monkeypatch.setattr(G, "below_replayed", lambda model, layer, go: contextlib.nullcontext())
+    full = run(sharpen(make_tiny_llama(tiny_tokenizer))).attachments[0]
+    assert torch.equal(replayed.values, full.values)

@@ -242,6 +242,18 @@ def replaying(layers: Sequence[nn.Module], outputs: Sequence[Any]) -> Iterator[N
                 mod.forward = own
 
 
+@contextlib.contextmanager
+def below_replayed(model: LoadedModel, layer: int, run: Callable[[], Any]) -> Iterator[None]:
+    """Inside the block the transformer blocks below ``layer`` return the outputs they
+    gave in the pass ``run()`` makes (run once, up to ``layer``): for training something
+    at ``layer`` or above on the same inputs at every step (GRACE's values, WISE's side
+    memory), where those blocks would recompute the same numbers each time."""
+    below = [model.layer(i) for i in range(layer)]
+    outputs = record_layer_outputs(model.model, below, run) if below else []
+    with replaying(below, outputs):
+        yield
+
+
 def accepts_logits_to_keep(net: nn.Module) -> bool:
     """Whether ``net.forward`` takes ``logits_to_keep`` (then the head computes logits only
     for the last positions, which is all a target loss or a next-token score needs)."""

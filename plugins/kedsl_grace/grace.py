@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method, UsageError
-from kedsl.toolkit.activations import StopForward, forward_until, make_batch, pad_id
+from kedsl.toolkit.activations import StopForward, below_replayed, forward_until, make_batch, pad_id
 from kedsl.toolkit.objectives import masked_target_loss
 from kedsl.toolkit.tokens import encode_pair
 
@@ -87,7 +87,8 @@ class Grace(Method):
             trial.attach(model)  # live for training only; the kept entries are attached below
             attached = True
             opt = torch.optim.Adam([value], lr=cfg.lr)
-            with torch.enable_grad():
+            # the blocks below the codebook's layer do not see it: run once, replayed at every step
+            with below_replayed(model, cfg.layer, lambda: masked_target_loss(model, requests)), torch.enable_grad():
                 for _ in range(cfg.steps):
                     opt.zero_grad(set_to_none=True)
                     loss = masked_target_loss(model, requests)

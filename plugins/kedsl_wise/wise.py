@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 import kedsl.toolkit
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method, UsageError
-from kedsl.toolkit.activations import StopForward, make_batch, pad_id, record_layer_outputs, replaying, trace
+from kedsl.toolkit.activations import StopForward, below_replayed, make_batch, pad_id, trace
 from kedsl.toolkit.gradients import encode_answers
 from kedsl.toolkit.objectives import masked_target_loss
 
@@ -116,10 +116,6 @@ class Wise(Method):
         def trial() -> torch.Tensor:  # the memory every training forward uses
             return base + values * mask
 
-        # the blocks below the side memory see none of it: their outputs are recorded once and
-        # replayed at every step (the same numbers, without recomputing them)
-        below = [model.layer(i) for i in range(cfg.layer)]
-        replay = record_layer_outputs(model.model, below, lambda: masked_target_loss(model, requests)) if below else []
         flags = {n: p.requires_grad for n, p in model.model.named_parameters()}
         was_training = model.model.training
         history: list[tuple[float, float]] = []
@@ -128,7 +124,9 @@ class Wise(Method):
                 p.requires_grad_(False)
             model.model.eval()  # no dropout: the edit must be deterministic
             opt = torch.optim.SGD([values], lr=cfg.lr)
-            with memory.training(module, trial), replaying(below, replay), torch.enable_grad():
+            # the blocks below the side memory see none of it: run once, replayed at every step
+            replayed = below_replayed(model, cfg.layer, lambda: masked_target_loss(model, requests))
+            with memory.training(module, trial), replayed, torch.enable_grad():
                 for _ in range(cfg.steps):
                     opt.zero_grad(set_to_none=True)
                     nll = masked_target_loss(model, requests)
