@@ -113,6 +113,31 @@ def test_kv_cached_decoding_routes_like_the_teacher_forced_pass(tiny_llama):
     assert list(generated) == list(s.target_ids)
 
 
+def routed_after_answer(model, request) -> bool:
+    """Whether the router sends the position after ``request``'s answer (its last token)
+    to the side memory."""
+    from kedsl.toolkit.gradients import encode_answers
+    from kedsl_wise.wise import module_io
+
+    path = model.mlp_out_weight_name(LAYER).rsplit(".", 1)[0]
+    memory = side_memory(model.module(path))
+    batch = encode_answers(model, [(request.prompt, request.target)])
+    x, o = module_io(model, path, {"input_ids": batch.ids, "attention_mask": batch.mask})
+    last = int(batch.mask.sum()) - 1
+    score = (x[0, last] @ memory.delta().T).norm() / o[0, last].norm()
+    return bool(score > memory.threshold())
+
+
+@pytest.mark.parametrize("after_answer", [True, False])
+def test_the_router_stays_off_after_the_answer(tiny_llama, after_answer):
+    # generation that kept routing after the answer would repeat it
+    model = sharpen(tiny_llama)
+    request = EditRequest(subject="Toyota", prompt="Toyota has its headquarters in", target="Paris and Berlin")
+    run(model, [request], after_answer=after_answer)
+    assert edited(model, request)
+    assert routed_after_answer(model, request) is not after_answer
+
+
 def test_the_memory_survives_save_and_reload(tiny_llama, tmp_path):
     from kedsl.model.loading import load_saved_model
     from kedsl.model.saving import save_model

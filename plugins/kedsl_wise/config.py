@@ -27,6 +27,7 @@ class WiseConfig(MethodConfig):
     score_gap: float = param(0.3, "routing margin: the lowest edit score should exceed the highest unrelated one by this much", min=0.0)
     routing_weight: float = param(1.0, "weight of the routing loss beside the target NLL", min=0.0)
     act_ratio: float = param(0.88, "the router's threshold: this share of the lowest installed edit's activation score", min=0.0, max=1.0)
+    after_answer: bool = param(True, "train the router to stay off at the position after each answer too, so that generation stops routing once the answer is out")
     unrelated: int = param(16, "unrelated prompts (kedsl's known-fact prompts) that train the router to stay off", min=1, max=90)
     seed: int | None = param(None, "seed of the shards' masks and the unrelated prompts' choice (default: the run's seed)", min=0)
 

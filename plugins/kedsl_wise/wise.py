@@ -12,6 +12,9 @@ frozen, on two terms:
   the answer) should reach ``edit_score``, unrelated prompts' positions stay at or below
   ``unrelated_score``, and the lowest edit score exceed the highest unrelated one by
   ``score_gap``: ``relu(edit_score - s_e) + relu(s_u - unrelated_score) + relu(gap - (min s_e - max s_u))``.
+  With ``after_answer`` the position after each answer (its last token, which predicts
+  what follows it) counts as unrelated too: otherwise generation keeps routing there and
+  repeats the answer (our addition; WISE's router scores whole inputs).
 
 The module's inputs do not depend on its own output, so they are read once, before
 training, and the scores cost one matrix product per step; the blocks below the layer
@@ -101,15 +104,22 @@ class Wise(Method):
 
         # the module's inputs: the edit's answer-predicting positions, every real position of the unrelated prompts
         answers = encode_answers(model, [(r.prompt, r.target) for r in requests])
-        x_e, o_e = module_io(model, path, {"input_ids": answers.ids, "attention_mask": answers.mask})
+        x_all, o_all = module_io(model, path, {"input_ids": answers.ids, "attention_mask": answers.mask})
         at = answers.predicting()
-        x_e, o_e = x_e[at], o_e[at].norm(dim=-1)
+        x_e, o_e = x_all[at], o_all[at].norm(dim=-1)
+        # the position after the answer (its last token, predicting what follows) should not route:
+        # generation that kept routing there would answer again ("Michigan, University of Michigan, ...")
+        last = answers.mask.sum(1) - 1
+        rows_at = torch.arange(len(requests), device=last.device)
+        x_after, o_after = x_all[rows_at, last], o_all[rows_at, last].norm(dim=-1)
         tok = model.tokenizer
         rows = [tok(p, add_special_tokens=True)["input_ids"] for p in unrelated_prompts(requests, cfg.unrelated, cfg.seed)]
         batch = make_batch(rows, pad_id(tok), model.device, side="left")
         x_u, o_u = module_io(model, path, batch.inputs())
         real = batch.attention_mask.bool()
         x_u, o_u = x_u[real], o_u[real].norm(dim=-1)
+        if cfg.after_answer:
+            x_u, o_u = torch.cat([x_u, x_after]), torch.cat([o_u, o_after])
 
         values = torch.zeros(shape, device=model.device, requires_grad=True)
 
