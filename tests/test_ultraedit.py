@@ -138,3 +138,20 @@ def test_statistics_are_saved_reloaded_rolled_back_and_continued(tiny_tokenizer,
     assert len(first) == 3 * 4  # mean, m2, count per projection (gate, up of layers 1 and 2)
     counts = [k for k in first if k.endswith(".count")]
     assert all(float(last[k]) > float(first[k]) for k in counts)  # the kept edit's tokens were folded in
+
+
+def test_the_papers_gate_up_pattern_edits_gates_early_and_ups_late(tiny_llama, tiny_gpt2):
+    from kedsl.errors import UsageError
+    from kedsl_ultraedit.config import UltraEditConfig
+
+    cfg = UltraEditConfig.from_params(params(projections="gate_up", gate_layers=[1], up_layers=[2]))
+    names = cfg.weight_names(tiny_llama)
+    assert names == [n for n in tiny_llama.mlp_in_weight_names(1) if ".gate_proj." in n] + [n for n in tiny_llama.mlp_in_weight_names(2) if ".up_proj." in n]
+    outcome, _ = run(sharpen(tiny_llama), projections="gate_up", gate_layers=[1], up_layers=[2])
+    assert sorted(outcome.changes) == sorted(names)
+    with pytest.raises(UsageError, match="gated MLP"):  # GPT-2's MLP has one input projection
+        cfg.weight_names(tiny_gpt2)
+    with pytest.raises(UsageError, match="only with projections='gate_up'"):
+        UltraEditConfig.from_params(params(gate_layers=[1]))
+    with pytest.raises(UsageError, match="needs gate_layers or up_layers"):
+        UltraEditConfig.from_params(params(projections="gate_up"))

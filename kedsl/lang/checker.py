@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from ..datafiles import DataFileError
-from ..errors import did_you_mean
+from ..errors import UsageError, did_you_mean
 from ..registry.editors import EDITOR_PARAM, editor_folder, editor_problem
-from ..registry.params import validate_params
+from ..registry.params import resolve_params, validate_params
 from ..registry.specs import MethodSpec, Relation
 from .ast import (
     Arg, Batch, Edit, EditsFrom, Ident, MethodCall, ModelStmt, OnFailStmt, Pos, RelationStmt, SaveStmt, Script, UseStmt,
@@ -243,9 +243,17 @@ class _Checker:
                 self.err(a.pos, f"parameter `{a.name}` is given twice", "duplicate-parameter")
             seen.add(a.name)
             args_by_name[a.name] = a
-        for name, message, hint in validate_params(spec.params, call_params(call)):
+        problems = validate_params(spec.params, call_params(call))
+        for name, message, hint in problems:
             code = "unknown-parameter" if message.startswith("unknown parameter") else "bad-parameter"
             self.err(args_by_name[name].pos, message, code, hint)
+        if not problems and spec.config is not None:
+            # constraints between parameters live in the (torch-free) configuration: what
+            # `apply` would refuse for them is an error here already
+            try:
+                spec.config.from_params(resolve_params(spec.params, call_params(call)))
+            except UsageError as e:
+                self.err(_name_pos(call), e.message, "bad-parameter", e.hint)
         if spec.trainer is not None:  # a trained editor's folder: there, and of this method
             given = args_by_name.get(EDITOR_PARAM)
             folder = editor_folder(str(_plain(given.value)), self.base_dir) if given is not None else ""

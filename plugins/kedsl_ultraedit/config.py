@@ -10,7 +10,7 @@ from kedsl.plugin import Depth, MethodConfig, Preset, UsageError, param
 if TYPE_CHECKING:
     from kedsl.plugin import LoadedModel
 
-PROJECTIONS = ("input", "output", "both")
+PROJECTIONS = ("input", "output", "both", "gate_up")
 
 
 @dataclass
@@ -20,7 +20,9 @@ class UltraEditConfig(MethodConfig):
     method: ClassVar[str] = "ultraedit"
 
     layers: list[int] = param([10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22], "layers whose MLP projections are edited (a range like 10..22)", type="layers", min=0)
-    projections: str = param("input", "which MLP projections of those layers: 'input' (the ones reading the hidden state: gate and up), 'output' (down), or 'both'", type="str", choices=PROJECTIONS)
+    projections: str = param("input", "which MLP projections of those layers: 'input' (the ones reading the hidden state: gate and up), 'output' (down), 'both', or 'gate_up' (the paper's pattern on gated MLPs: gate projections of gate_layers and up projections of up_layers; layers is then not read)", type="str", choices=PROJECTIONS)
+    gate_layers: list[int] | None = param(None, "with projections='gate_up': layers whose gate projection is edited (UltraEdit's Llama-3-8B setting: 11..15 of 32)", type="layers", min=0)
+    up_layers: list[int] | None = param(None, "with projections='gate_up': layers whose up projection is edited (UltraEdit's Llama-3-8B setting: 18..24 of 32)", type="layers", min=0)
     lr: float = param(1e-5, "step size: each answer token asks its projection for the output change -lr * |x^|^2 * d^ (x^, d^: the normalised input and output gradient)", min=0.0)
     ridge: float = param(1.0, "lambda in (X^T X + lambda I) dW^T = X^T V: how strongly the change is held small", min=0.0)
     preserve: float = param(0.0, "weight of the inputs' second moment C over general text in (X^T X + ridge I + preserve C) dW^T = X^T V: holds the outputs of unrelated text in place (0: the paper's identity ridge only; like MEMIT's lambda, in tokens)", min=0.0)
@@ -33,7 +35,14 @@ class UltraEditConfig(MethodConfig):
     def from_params(cls, params: dict[str, Any], default_seed: int = 0) -> Any:
         cfg = super().from_params(params, default_seed)
         cfg.layers = sorted(set(cfg.layers))
-        if not cfg.layers:
+        cfg.gate_layers = sorted(set(cfg.gate_layers or []))
+        cfg.up_layers = sorted(set(cfg.up_layers or []))
+        if cfg.projections == "gate_up":
+            if not cfg.gate_layers and not cfg.up_layers:
+                raise UsageError("ultraedit with projections='gate_up' needs gate_layers or up_layers", "give gate_layers=10..14, up_layers=17..23, for example")
+        elif cfg.gate_layers or cfg.up_layers:
+            raise UsageError("ultraedit reads gate_layers and up_layers only with projections='gate_up'", "add projections=\"gate_up\", or give the layers with layers=...")
+        elif not cfg.layers:
             raise UsageError("ultraedit needs at least one layer", "give layers=10..22, for example")
         return cfg
 
@@ -42,6 +51,13 @@ class UltraEditConfig(MethodConfig):
         (the site names where the inputs' second moment is taken: ``mlp_in`` or
         ``mlp_out``); a layer the model lacks is a usage error."""
         out: list[tuple[str, int, str]] = []
+        if self.projections == "gate_up":
+            for layer in sorted(set(self.gate_layers) | set(self.up_layers)):
+                model.check_layer(layer)
+                gate, up = _gate_and_up(model, layer)
+                out += [(gate, layer, "mlp_in")] if layer in self.gate_layers else []
+                out += [(up, layer, "mlp_in")] if layer in self.up_layers else []
+            return out
         for layer in self.layers:
             model.check_layer(layer)
             if self.projections in ("input", "both"):
@@ -53,6 +69,24 @@ class UltraEditConfig(MethodConfig):
     def weight_names(self, model: LoadedModel) -> list[str]:
         """The weights an edit changes."""
         return [name for name, _, _ in self.edited(model)]
+
+
+def _gate_and_up(model: LoadedModel, layer: int) -> tuple[str, str]:
+    """The gate and the up projection of ``layer``'s gated MLP, told apart by their module
+    names (LLaMA, Gemma and Qwen name them ``gate_proj`` and ``up_proj``); a model without
+    two such projections is a usage error."""
+    found: dict[str, list[str]] = {"gate": [], "up": []}
+    for name in model.mlp_in_weight_names(layer):
+        leaf = name.rsplit(".", 2)[-2]
+        for kind in found:
+            if leaf.startswith(kind):
+                found[kind].append(name)
+    if len(found["gate"]) != 1 or len(found["up"]) != 1:
+        raise UsageError(
+            f"ultraedit: projections='gate_up' needs a gated MLP with one gate and one up projection; layer {layer} has {model.mlp_in_weight_names(layer)}",
+            "use projections='input' (every projection reading the hidden state) with layers=...",
+        )
+    return found["gate"][0], found["up"][0]
 
 
 PRESETS: tuple[Preset, ...] = (
