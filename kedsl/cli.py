@@ -629,10 +629,25 @@ def curve(results: tuple[str, ...], out_png: str, title: str) -> None:
             raise DataError(f"{path} holds no curve", "run kedsl bench --mode sequential --checkpoints N --json FILE")
         runs.append((doc.get("config", {}), doc["curve"]))
     models = {c.get("model") for c, _ in runs}
-    labelled = [(str(c.get("method")) + (f" ({c.get('model')})" if len(models) > 1 else ""), cv) for c, cv in runs]
+    base = [str(c.get("method")) + (f" ({c.get('model')})" if len(models) > 1 else "") for c, _ in runs]
+    labels = list(base)
+    for i, (config, _) in enumerate(runs):
+        twins = [j for j, other in enumerate(base) if other == base[i]]
+        if len(twins) > 1:  # runs of one method: told apart by the parameters where they differ, else the file
+            given = [runs[j][0].get("given_params") or {} for j in twins]
+            mine = config.get("given_params") or {}
+            differ = [f"{k}={_plain_value(v)}" for k, v in mine.items() if any(g.get(k) != v for g in given)]
+            labels[i] += f" ({', '.join(differ) if differ else Path(results[i]).stem})"
+    labelled = [(label, cv) for label, (_, cv) in zip(labels, runs)]
     from .plots import degradation_curves
 
     click.echo(f"wrote {degradation_curves(labelled, title, out_png)}")
+
+
+def _plain_value(value: Any) -> str:
+    """A parameter value as a legend shows it: a file path by its name."""
+    text = str(value)
+    return Path(text).name if "/" in text else text
 
 
 class _Eta:

@@ -104,3 +104,21 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_fingerprint(tiny_tokenize
     other[other.index("lr=0.01")] = "lr=0.02"
     refused = subprocess.run(other, env=env, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "holds a checkpoint of a different run" in refused.stderr
+
+
+def test_curves_of_one_method_are_told_apart_by_their_parameters(tmp_path, monkeypatch):
+    import json
+
+    import kedsl.plots
+
+    seen = {}
+    monkeypatch.setattr(kedsl.plots, "degradation_curves", lambda runs, title, out: seen.setdefault("labels", [l for l, _ in runs]) and out)
+    point = [{"edits": 10, "metrics": {"efficacy": 0.5}}]
+    files = []
+    for name, given in (("a", {"lr": 1e-4}), ("b", {"lr": 3e-5, "stats_corpus": "/x/q.txt"}), ("c", {"lr": 3e-5, "stats_corpus": "/x/q.txt"})):
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps({"config": {"method": "ultraedit", "model": "m", "given_params": given}, "curve": point}))
+        files.append(str(f))
+    r = CliRunner().invoke(main, ["curve", *files, "--out", str(tmp_path / "c.png")])
+    assert r.exit_code == 0, r.output
+    assert seen["labels"] == ["ultraedit (lr=0.0001)", "ultraedit (lr=3e-05, stats_corpus=q.txt)", "ultraedit (lr=3e-05, stats_corpus=q.txt)"]

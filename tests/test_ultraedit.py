@@ -155,3 +155,16 @@ def test_the_papers_gate_up_pattern_edits_gates_early_and_ups_late(tiny_llama, t
         UltraEditConfig.from_params(params(gate_layers=[1]))
     with pytest.raises(UsageError, match="needs gate_layers or up_layers"):
         UltraEditConfig.from_params(params(projections="gate_up"))
+
+
+def test_check_refuses_gate_layers_without_the_gate_up_pattern(tmp_path):
+    from click.testing import CliRunner
+
+    from kedsl.cli import main
+
+    script = tmp_path / "s.ke"
+    script.write_text('model "smollm2-135m";\nedit "Eiffel Tower" located_in -> "Rome" using ultraedit(gate_layers=1..2);\n')
+    r = CliRunner().invoke(main, ["check", str(script)])
+    assert r.exit_code == 2 and "only with projections='gate_up'" in r.output and "Traceback" not in r.output
+    script.write_text('model "smollm2-135m";\nedit "Eiffel Tower" located_in -> "Rome" using ultraedit(projections="gate_up", gate_layers=1..2);\n')
+    assert CliRunner().invoke(main, ["check", str(script)]).exit_code == 0
