@@ -81,7 +81,7 @@ def main() -> None:
     def score(name, cfg, templates, found, solve):
         journal = WeightJournal(model.model)
         t = time.perf_counter()
-        info = spread_update(model, reqs, cfg.layers, templates, found.z, solve, journal, passes=cfg.spread_passes)
+        info = spread_update(model, reqs, cfg.layers, templates, found.z, solve, journal, passes=cfg.spread_passes, raw_deltas=found.raw_deltas)
         seconds = time.perf_counter() - t
         eff = acc([(r["src"], r["alt"]) for r in recs])
         gen = acc([(r["rephrase"], r["alt"]) for r in recs])

@@ -58,6 +58,24 @@ def snapshot(model):
     return {k: v.detach().clone() for k, v in model.model.state_dict().items()}
 
 
+def test_every_layers_statistics_are_measured_on_the_unedited_model(tiny_llama):
+    """With nothing cached, MEMIT computes the statistics of all its layers before it writes
+    any: layer 2's, asked for after layer 1 was written, would otherwise describe the partly
+    edited model, and be cached as the unedited model's."""
+    from kedsl.toolkit.stats import second_moment, stats_path
+
+    model = sharpen(tiny_llama)
+    samples = 1499  # a count no other test caches
+    assert not stats_path(model, 2, STATS_CORPUS, samples).exists()
+    outcome = run_memit(model, mom2_samples=samples)
+    cached = {l: second_moment(model, l, STATS_CORPUS, samples) for l in (1, 2)}
+    outcome.undo(model)
+    for l in (1, 2):
+        stats_path(model, l, STATS_CORPUS, samples).unlink()
+    for l in (1, 2):
+        assert torch.equal(second_moment(model, l, STATS_CORPUS, samples), cached[l]), l
+
+
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
 def test_memit_batch_makes_every_target_the_argmax_and_touches_only_its_layers(fixture, request):
     model = sharpen(request.getfixturevalue(fixture))
@@ -240,20 +258,27 @@ def test_value_residuals_pass_through_where_the_mlp_output_joins_the_residual_as
     assert value_residuals(tiny_llama, 1, keys, residuals) is residuals
 
 
+def _gemma_layer_one(model, seed):
+    """Layer 1 of a tiny Gemma: its MLP-output norm, 4 random keys, their raw outputs
+    ``W k`` and those outputs normed (both ``(d, 4)``)."""
+    norm = model.module(model.arch.mlp_out_norm.format(1))
+    w = model.mlp_out(1).weight.detach()
+    torch.manual_seed(seed)
+    keys = torch.randn(w.shape[1], 4)
+    values = w @ keys
+    with torch.no_grad():
+        normed = norm(values.T).T
+    return model, norm, keys, values, normed
+
+
 def test_value_residuals_invert_gemmas_norm_on_the_mlp_output(tiny_gemma3):
     """Gemma norms the MLP output before the residual: the change of the output projection's
     output that value_residuals gives moves the normed contribution by the residual asked
     for (to first order: small residuals, orthogonal to what the norm fixes)."""
     from kedsl.toolkit.multilayer import value_residuals
 
-    model = tiny_gemma3
-    norm = model.module(model.arch.mlp_out_norm.format(1))
-    w = model.mlp_out(1).weight.detach()
-    torch.manual_seed(0)
-    keys = torch.randn(w.shape[1], 4)
-    values = w @ keys
+    model, norm, keys, values, normed = _gemma_layer_one(tiny_gemma3, seed=0)
     with torch.no_grad():
-        normed = norm(values.T).T
         u = normed / normed.norm(dim=0, keepdim=True)
         residuals = torch.randn(values.shape[0], 4) * 0.05
         residuals -= u * (u * residuals).sum(0, keepdim=True)  # the norm fixes the length
@@ -269,24 +294,86 @@ def test_value_residuals_invert_gemmas_norm_on_the_mlp_output(tiny_gemma3):
     assert float(torch.nn.functional.cosine_similarity(naive, residuals, dim=0).mean()) < float(cos.mean())
 
 
-def test_gemmas_target_search_is_bounded_by_the_normed_mlp_output(tiny_gemma3):
-    """On Gemma the search's δ is added where the normed MLP output joins the residual
-    stream and clamped relative to that output, not to the (much larger) residual stream:
-    so z − h never asks the spread for more than an MLP output can give."""
+def test_gemmas_target_search_is_made_before_the_norm_on_the_mlp_output(tiny_gemma3):
+    """On Gemma the search's δ is added to the raw MLP output, before the block's norm, and
+    clamped relative to it (as ROME searches): z − h is then exactly what that δ moves the
+    residual stream by through the norm, a change the last layer can make."""
     from kedsl.toolkit.activations import read_at
-    from kedsl.toolkit.multilayer import current_outputs, search_path, search_targets
+    from kedsl.toolkit.multilayer import compute_keys, current_outputs, normed_change, search_path, search_targets, value_residuals
     from kedsl.toolkit.optimize import ValueSearchConfig
     from kedsl.toolkit.tokens import encode_with_subject
 
     model = tiny_gemma3
     layer, clamp = 2, 0.5
-    assert search_path(model, layer) == model.arch.mlp_out_norm.format(layer)
+    assert search_path(model, layer) == model.arch.mlp_out.format(layer)
     reqs = REQUESTS[:2]
     found = search_targets(model, reqs, ["{}"], layer, ValueSearchConfig(steps=15, lr=2.0, clamp_norm_factor=clamp))
     h = current_outputs(model, layer, reqs)
     encs = [encode_with_subject(model.tokenizer, r.prompt, r.subject) for r in reqs]
-    normed = read_at(model, search_path(model, layer), [e.input_ids for e in encs], [e.subject_last for e in encs], "output").float().T
-    delta = (found.z - h).norm(dim=0)
-    assert bool((delta > 0).all())
-    assert bool((delta <= clamp * normed.norm(dim=0) * (1 + 1e-3)).all()), (delta, normed.norm(dim=0))
-    assert bool((normed.norm(dim=0) < 0.5 * h.norm(dim=0)).all())  # the bound that matters is the smaller one
+    ids, cols = [e.input_ids for e in encs], [e.subject_last for e in encs]
+    raw = read_at(model, model.arch.mlp_out.format(layer), ids, cols, "output").float()
+    normed = read_at(model, model.arch.mlp_out_norm.format(layer), ids, cols, "output").float()
+    moved = (found.z - h).T  # (n, d)
+    assert bool((moved.norm(dim=1) > 0).all())
+    # the normed output can move at most from N(v) to the far side of its sphere
+    assert bool((moved.norm(dim=1) <= 2 * normed.norm(dim=1) * (1 + 1e-3)).all())
+    # and the last layer can make it: the raw change value_residuals asks for gives it back
+    keys = compute_keys(model, layer, reqs, ["{}"])
+    change = value_residuals(model, layer, keys, moved.T).T
+    back = normed_change(model, layer, raw, change)
+    cos = torch.nn.functional.cosine_similarity(back, moved, dim=1)
+    assert bool((cos > 0.98).all()), cos
+
+
+def test_gemmas_last_layer_writes_the_searched_delta(tiny_gemma3):
+    """Where the MLP output is normed, the spread's last layer writes the search's δ itself
+    (at each fact's key the raw output moves by exactly δ), not the norm's inverse of the
+    gap, which matches at the edited token only."""
+    from kedsl.toolkit.multilayer import compute_keys, least_squares_update, search_targets, spread_update
+    from kedsl.toolkit.optimize import ValueSearchConfig
+
+    model = tiny_gemma3
+    layer, reqs = 2, REQUESTS[:2]
+    found = search_targets(model, reqs, ["{}"], layer, ValueSearchConfig(steps=15, lr=2.0, clamp_norm_factor=0.5))
+    assert found.raw_deltas is not None and found.raw_deltas.shape == (model.hidden_size, 2)
+    assert bool((found.raw_deltas.norm(dim=0) > 0).all())
+    keys = compute_keys(model, layer, reqs, ["{}"])
+    journal = WeightJournal(model.model)
+    w0 = model.mlp_out(layer).weight.detach().clone()
+    spread_update(model, reqs, [layer], ["{}"], found.z, lambda l, k, r: least_squares_update(k, r, None, 0.0), journal,
+                  raw_deltas=found.raw_deltas)  # fmt: skip
+    written = ((model.mlp_out(layer).weight.detach() - w0).double() @ keys.double()).float()
+    journal.rollback()
+    assert torch.equal(model.mlp_out(layer).weight.detach(), w0)
+    assert torch.allclose(written, found.raw_deltas, atol=1e-4, rtol=1e-3), (written - found.raw_deltas).abs().max()
+
+
+def test_normed_change_is_what_the_block_adds(tiny_gemma3):
+    """normed_change(v, δ) is the difference the block's norm makes of v + δ against v."""
+    from kedsl.toolkit.multilayer import normed_change
+
+    model = tiny_gemma3
+    norm = model.module(model.arch.mlp_out_norm.format(1))
+    torch.manual_seed(0)
+    v, d = torch.randn(3, model.hidden_size), torch.randn(3, model.hidden_size)
+    with torch.no_grad():
+        expected = norm(v + d) - norm(v)
+    assert torch.allclose(normed_change(model, 1, v, d), expected, atol=1e-5)
+    assert torch.allclose(normed_change(model, 1, v, 2 * v), torch.zeros_like(v), atol=1e-5)  # same direction
+
+
+def test_value_residuals_are_exact_for_a_change_the_norm_can_make(tiny_gemma3):
+    """Far beyond first order: for r = N(v + d) − N(v) with |d| as large as |v|, the change
+    value_residuals gives moves the normed output by r itself."""
+    from kedsl.toolkit.multilayer import value_residuals
+
+    model, norm, keys, values, normed = _gemma_layer_one(tiny_gemma3, seed=1)
+    with torch.no_grad():
+        d = torch.randn_like(values)
+        d *= values.norm(dim=0, keepdim=True) / d.norm(dim=0, keepdim=True)
+        residuals = norm((values + d).T).T - normed
+        moved = norm((values + value_residuals(model, 1, keys, residuals)).T).T - normed
+    cos = torch.nn.functional.cosine_similarity(moved, residuals, dim=0)
+    assert bool((cos > 0.98).all()), cos
+    ratio = moved.norm(dim=0) / residuals.norm(dim=0)
+    assert bool(((ratio > 0.95) & (ratio < 1.05)).all()), ratio

@@ -12,6 +12,7 @@ from kedsl.registry.specs import MethodSpec
 
 SMOL = MEASURED_MODELS["smollm2-135m"]
 GEMMA = MEASURED_MODELS["gemma3-270m"]
+QWEN = MEASURED_MODELS["qwen2.5-coder-0.5b"]
 
 
 def test_a_model_of_the_presets_shape_gets_it_and_the_reason_names_the_model():
@@ -26,12 +27,15 @@ def test_a_model_of_the_presets_shape_gets_it_and_the_reason_names_the_model():
 
 
 def test_a_model_without_a_preset_gets_depth_relative_defaults_and_a_warning(caplog):
-    memit = Registry().method("memit")
-    got = resolve_for_model(memit, {}, GEMMA, "gemma3-270m") if not any(p.shape == GEMMA for p in memit.presets) else None
-    if got is None:
-        pytest.skip("memit has a gemma3-270m preset now; the fallback is tested on another shape below")
-    assert got.preset is None and got.params["layers"] == [1, 2, 3, 4, 5]
-    assert "depth-relative" in got.reason and "gemma3_text, 18 layers" in got.warning
+    # AlphaEdit has presets for SmolLM2 and Gemma 3, none for Qwen2.5's shape
+    alphaedit = Registry().method("alphaedit")
+    assert {p.model for p in alphaedit.presets} >= {"smollm2-135m", "gemma3-270m"}
+    assert not any(p.shape == QWEN for p in alphaedit.presets)
+    got = resolve_for_model(alphaedit, {}, QWEN, "qwen2.5-coder-0.5b")
+    assert got.preset is None and got.params["layers"] == [2, 3, 4, 5, 6]  # 0.07..0.27 of 24 layers
+    assert "depth-relative" in got.reason and "qwen2, 24 layers" in got.warning
+    # and the measured model gets its own
+    assert resolve_for_model(alphaedit, {}, GEMMA, "gemma3-270m").params["layers"] == [2]
 
 
 def test_depth_fallback_on_an_unmeasured_shape_and_given_layers_silence_it(caplog):

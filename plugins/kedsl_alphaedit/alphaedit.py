@@ -31,7 +31,7 @@ import torch
 
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method
 from kedsl.toolkit.multilayer import multilayer_edit
-from kedsl.toolkit.stats import base_fingerprint, second_moment
+from kedsl.toolkit.stats import base_fingerprint, prepare_second_moments, second_moment
 
 from .config import AlphaEditConfig
 
@@ -117,6 +117,8 @@ class AlphaEdit(Method):
 
     def apply(self, model: LoadedModel, requests: list[EditRequest], params: dict[str, Any], context: EditContext) -> EditOutcome:
         cfg = AlphaEditConfig.from_params(params, context.seed)
+        # every layer's statistics, before any layer is written
+        prepare_second_moments(model, cfg.layers, cfg.stats_corpus, cfg.mom2_samples, cfg.seed)
         new_cache: dict[str, torch.Tensor] = {}
         null_dims: dict[int, int] = {}
 

@@ -31,6 +31,16 @@ PRESETS = (
             "100 sequential edits of records 100-199 (kedsl_alphaedit.alphaedit.MEASURED)"
         ),
     ),
+    Preset(
+        model="gemma3-270m",
+        values={"layers": [2], "clamp_norm_factor": 2.0, "v_weight_decay": 0.001},
+        measured_by=(
+            "Gemma 3 270M, ZsRE tuning records 0-9, single edits (bench/preset_sweep.py --model gemma3-270m "
+            "--method alphaedit --param layers --values 2..2 --limit 10 --set clamp_norm_factor=2.0 --set "
+            "v_weight_decay=0.001; bench/results/presets/gemma3-270m/alphaedit): efficacy 0.960, generalization "
+            "0.940, locality 0.863. MEMIT's Gemma preset (the same spread), the only setting measured"
+        ),
+    ),
 )
 
 #: For models without a measured preset: the same fraction of depth as the measured

@@ -30,6 +30,19 @@ PRESETS = (
         ),
     ),
     Preset(
+        model="gemma3-270m",
+        values={"layers": [2], "clamp_norm_factor": 2.0, "v_weight_decay": 0.001},
+        measured_by=(
+            "Gemma 3 270M, ZsRE tuning records 0-9, single edits (bench/preset_sweep.py --model gemma3-270m "
+            "--method memit --param layers --values 2..2,2..3,1..3 --limit 10 --set clamp_norm_factor=2.0 --set "
+            "v_weight_decay=0.001; bench/results/presets/gemma3-270m/memit), efficacy/generalization/locality: "
+            "layers 2..2 0.980/0.940/0.892, 2..3 0.820/0.820/0.942, 1..3 0.607/0.533/0.922. The search and bounds are "
+            "ROME's Gemma preset (layer 2, clamp 2): Gemma norms the MLP output before the residual stream, and the "
+            "last layer writes the search's delta itself (kedsl.toolkit.multilayer.spread_update); an earlier layer's "
+            "share, through the inverse of its norm, loses efficacy with every layer added"
+        ),
+    ),
+    Preset(
         model="qwen2.5-coder-0.5b",
         values={"layers": [2, 3, 4, 5, 6], "mom2_update_weight": 1500.0, "spread_passes": 2, "context_count": 1},
         measured_by=(

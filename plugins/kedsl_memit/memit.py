@@ -24,7 +24,7 @@ import torch
 
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method
 from kedsl.toolkit.multilayer import least_squares_update, multilayer_edit
-from kedsl.toolkit.stats import second_moment
+from kedsl.toolkit.stats import prepare_second_moments, second_moment
 
 from .config import MEMITConfig
 
@@ -160,6 +160,10 @@ class MEMIT(Method):
     def apply(self, model: LoadedModel, requests: list[EditRequest], params: dict[str, Any], context: EditContext) -> EditOutcome:
         cfg = MEMITConfig.from_params(params, context.seed)
         t_stats = 0.0
+        if cfg.mom2_update_weight > 0:  # every layer's statistics, before any layer is written
+            ts = time.perf_counter()
+            prepare_second_moments(model, cfg.layers, cfg.stats_corpus, cfg.mom2_samples, cfg.seed)
+            t_stats += time.perf_counter() - ts
 
         def solve(layer: int, keys: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
             nonlocal t_stats

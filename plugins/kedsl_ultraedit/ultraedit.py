@@ -37,7 +37,7 @@ import torch
 
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method
 from kedsl.toolkit.gradients import AnswerBatch, encode_answers, fold_moments, linear_factors, standardise
-from kedsl.toolkit.stats import second_moment
+from kedsl.toolkit.stats import prepare_second_moments, second_moment
 
 from .config import UltraEditConfig
 
@@ -106,6 +106,9 @@ class UltraEdit(Method):
         edited = cfg.edited(model)
         names = [name for name, _, _ in edited]
         modules = {name: model.module(name.rsplit(".", 1)[0]) for name in names}
+        if cfg.preserve > 0:  # one pass over the statistics corpus per site, not per layer
+            for site in sorted({site for _, _, site in edited}):
+                prepare_second_moments(model, [l for _, l, s in edited if s == site], cfg.stats_corpus, cfg.mom2_samples, cfg.seed, site)
         preserved = {name: preserved_inputs(model, layer, site, cfg) for name, layer, site in edited}
         start = time.perf_counter()
         # tokenized once: every step reads the same answers
