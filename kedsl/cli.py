@@ -729,7 +729,7 @@ def _bench_suite(suite: str, method_list: str | None, dataset_list: str | None, 
 @click.option("--model", "model_ref", default="smollm2-135m", show_default=True, help="Alias, local directory, .gguf file or hub id.")
 @click.option("--layers", "layer_list", required=True, metavar="L|A..B|A,B,...", help="The layers whose MLP-output keys to gather, e.g. 6, 2..8 or 2,4.")
 @click.option("--samples", type=click.IntRange(min=1), default=8192, show_default=True, help="Tokens of the corpus (the methods' mom2_samples).")
-@click.option("--corpus", default="model", show_default=True, help="`model` (text sampled from the model), a .txt/.jsonl file or a datasets name (the methods' stats_corpus).")
+@click.option("--corpus", default="model", show_default=True, help="`model` (text sampled from the model), `questions` (shipped), a .txt/.jsonl file or a datasets name (the methods' stats_corpus).")
 @click.option("--seed", type=int, default=0, show_default=True, help="The seed of the sampled corpus (the methods' seed).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,

@@ -1,7 +1,6 @@
 """Model sources, settings and load_model on tiny models (no downloads)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -352,3 +352,39 @@ def test_replaying_returns_recorded_outputs_and_restores_an_instance_forward(tin
     assert "forward" not in layers[0].__dict__  # the class's forward again
     assert layers[1].__dict__["forward"] is own
     del layers[1].forward
+
+
+def test_the_shipped_questions_corpus_is_read_by_name(tiny_gpt2, tmp_path, monkeypatch):
+    """`corpus="questions"` reads the question file shipped in kedsl/toolkit/corpora, from any
+    working directory, under a cache key that names it and its content."""
+    monkeypatch.setenv("KEDSL_STATS_DIR", str(tmp_path / "stats"))
+    monkeypatch.chdir(tmp_path)  # not the checkout: the name, not a relative path, finds it
+    shipped = statsmod.SHIPPED_CORPORA["questions"]
+    lines = [l for l in shipped.read_text().splitlines() if l.strip()]
+    assert len(lines) == 1000 and all(len(l.split()) >= 3 for l in lines)  # a question and its answer
+    cid = statsmod.corpus_id("questions", 0)
+    assert cid.startswith("questions-") and cid != statsmod.corpus_id(str(shipped), 0)
+    rows = [tiny_gpt2.tokenizer(t)["input_ids"] for t in lines[:3]]
+    n = sum(len(r) for r in rows)
+    c = statsmod.second_moment(tiny_gpt2, 1, "questions", n)
+    k = _keys(tiny_gpt2, 1, rows).double()
+    torch.testing.assert_close(c.double(), k.T @ k / n, atol=1e-6, rtol=1e-5)
+    assert statsmod.stats_path(tiny_gpt2, 1, "questions", n).exists()
+
+
+def test_prepare_second_moments_takes_one_pass_and_holds_nothing(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("KEDSL_STATS_DIR", str(tmp_path / "stats"))
+    passes = []
+    real = statsmod._sum_outer_products
+
+    def counting(model, layers, *a, **k):
+        passes.append(list(layers))
+        return real(model, layers, *a, **k)
+
+    monkeypatch.setattr(statsmod, "_sum_outer_products", counting)
+    assert statsmod.prepare_second_moments(tiny_llama, [3, 1, 2], samples=300) is None
+    assert passes == [[1, 2, 3]]
+    statsmod.prepare_second_moments(tiny_llama, [1, 2, 3, 0], samples=300)  # only the layer not cached
+    assert passes == [[1, 2, 3], [0]]
+    statsmod.prepare_second_moments(tiny_llama, [0, 3], samples=300)
+    assert passes == [[1, 2, 3], [0]]

@@ -25,7 +25,7 @@ class MultiLayerConfig(MethodConfig):
 
     layers: list[int] = param([4, 5, 6, 7, 8], "layers whose MLP output projections share the update (a range like 4..8); the targets are set at the last", type="layers", min=0)
     mom2_samples: int = param(8192, "tokens of the statistics corpus for C = E[k k^T]", min=1)
-    stats_corpus: str = param("model", "statistics corpus: 'model' (sampled from the model), a .txt/.jsonl file, or a datasets name")
+    stats_corpus: str = param("model", "statistics corpus: 'model' (sampled from the model), 'questions' (1,000 Natural Questions shipped with kedsl), a .txt/.jsonl file, or a datasets name")
     v_lr: float = param(0.5, "Adam learning rate of the target search", min=1e-5, max=10.0)
     v_steps: int = param(25, "maximum optimisation steps of the target search", min=1, max=500)
     v_weight_decay: float = param(0.5, "penalty on ||delta||^2 / ||h||^2 in the target search", min=0.0)

@@ -7,6 +7,8 @@ Corpora (``corpus=``):
   (top-k 50, 128-token documents). There is no Wikipedia offline; the model's own text is
   a reasonable stand-in for "what the keys usually look like". The sampled texts are
   cached on disk too, so computing more layers later does not sample again.
+* ``"questions"``: 1,000 Natural Questions with their answers, shipped with kedsl
+  (``kedsl/toolkit/corpora/``, from a zsRE training file);
 * a local ``.txt`` (one document per non-empty line) or ``.jsonl`` (a ``text`` field) file;
 * any other string is taken as a ``datasets`` dataset name (``name`` or ``name:config``,
   split ``train``, a ``text`` field), loaded from the local datasets cache.
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_CORPUS = "model"
+#: Corpora shipped with kedsl, by name (see ``kedsl/toolkit/corpora/README.md``).
+SHIPPED_CORPORA = {"questions": Path(__file__).with_name("corpora") / "questions.txt"}
 MODEL_DOC_TOKENS = 128
 
 
@@ -71,6 +75,8 @@ def corpus_id(corpus: str, seed: int) -> str:
     """A short stable id for the cache key."""
     if corpus == MODEL_CORPUS:
         return f"model-seed{seed}"
+    if corpus in SHIPPED_CORPORA:
+        return f"{corpus}-{hashlib.sha256(SHIPPED_CORPORA[corpus].read_bytes()).hexdigest()[:16]}"
     p = Path(corpus).expanduser()
     if p.exists():
         h = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
@@ -113,7 +119,7 @@ def _model_corpus_rows(model: LoadedModel, samples: int, seed: int) -> list[list
 
 
 def _text_rows(model: LoadedModel, corpus: str, samples: int, max_len: int) -> Iterable[list[int]]:
-    p = Path(corpus).expanduser()
+    p = SHIPPED_CORPORA.get(corpus) or Path(corpus).expanduser()
     if p.exists():
         if p.suffix == ".jsonl":
             texts: Iterable[str] = (json.loads(l)["text"] for l in p.read_text().splitlines() if l.strip())
@@ -128,7 +134,7 @@ def _text_rows(model: LoadedModel, corpus: str, samples: int, max_len: int) -> I
         except Exception as e:  # noqa: BLE001 - any failure means the corpus is unusable
             raise DataError(
                 f"statistics corpus {corpus!r} is neither a file nor a loadable dataset ({e})",
-                'use corpus "model" (text sampled from the model), a .txt/.jsonl file, or a cached datasets name',
+                'use corpus "model" (text sampled from the model), "questions" (shipped), a .txt/.jsonl file, or a cached datasets name',
             ) from e
         texts = (r["text"] for r in ds if r["text"].strip())
     total = 0

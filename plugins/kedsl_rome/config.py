@@ -23,7 +23,7 @@ class ROMEConfig(MethodConfig):
     clamp_norm_factor: float = param(4.0, "bound on ||delta|| relative to the unedited MLP output", min=0.0)
     mom2_samples: int = param(8192, "tokens of the statistics corpus for C = E[k k^T]", min=1)
     mom2_update_weight: float = param(15000.0, "lambda in u = (lambda*C + I)^-1 k*: large -> C^-1 k* (the paper), 0 -> no covariance", min=0.0)
-    stats_corpus: str = param("model", "statistics corpus: 'model' (sampled from the model), a .txt/.jsonl file, or a datasets name")
+    stats_corpus: str = param("model", "statistics corpus: 'model' (sampled from the model), 'questions' (1,000 Natural Questions shipped with kedsl), a .txt/.jsonl file, or a datasets name")
     context_count: int = param(5, "generated context templates per length (0: plain prompt only)", min=0, max=50)
     context_lengths: list[int] = param([5, 10], "token lengths of the generated context templates")
     seed: int | None = param(None, "seed for context templates and the statistics corpus (default: the run's seed)", min=0)
