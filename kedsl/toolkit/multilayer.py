@@ -154,10 +154,10 @@ def search_targets(
         z = torch.cat([p.targets for p in parts]).float().T.contiguous()
     else:  # δ was added to the raw MLP output, which the block norms before the residual stream
         values = torch.cat([p.initial for p in parts]).float()
-        moved = normed_change(model, last_layer, values, torch.cat([p.deltas for p in parts]).float())
+        deltas = torch.cat([p.deltas for p in parts]).float()
         h = current_outputs(model, last_layer, requests)
-        z = h + moved.T.to(h.device)
-        raw_deltas = torch.cat([p.deltas for p in parts]).float().T.contiguous()
+        z = h + normed_change(model, last_layer, values, deltas).T.to(h.device)
+        raw_deltas = deltas.T.contiguous()
     return Targets(
         raw_deltas=raw_deltas,
         z=z.contiguous(),
