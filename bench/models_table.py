@@ -52,9 +52,22 @@ def run_cell(model: str, cell: str, args: argparse.Namespace, params: list[str])
         print(f"  failed (exit {os.waitstatus_to_exitcode(status)}); nothing written", flush=True)
         return
     record = json.loads(partial.read_text())
-    record["process"] = {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "wall_seconds": round(wall, 1), "command": cmd[1:]}
+    record["process"] = {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "wall_seconds": round(wall, 1), "command": cmd[1:], "cpu": cpu_description()}
     out.write_text(json.dumps(record, indent=1) + "\n")
     partial.unlink()
+
+
+def cpu_description() -> str:
+    """The CPU's model name and its native bf16 support (seconds per edit depend on both:
+    kedsl searches in bf16 only where it is native)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    native = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return f"{name}, {os.cpu_count()} cores, " + (" ".join(native) if native else "no native bf16")
 
 
 def table(out: Path) -> str:

@@ -133,11 +133,48 @@ def test_preserving_general_text_moves_its_outputs_less(tiny_llama):
     assert moved(kept) < 0.5 * moved(plain)
 
 
-def test_statistics_are_saved_reloaded_rolled_back_and_continued(tiny_tokenizer, tmp_path):
-    first, last = check_state_lifecycle(kedsl_ultraedit, "ultraedit", FAST, tiny_tokenizer, tmp_path)
-    assert len(first) == 3 * 4  # mean, m2, count per projection (gate, up of layers 1 and 2)
+@pytest.mark.parametrize("retain", [0.0, 1.0])
+def test_statistics_are_saved_reloaded_rolled_back_and_continued(retain, tiny_tokenizer, tmp_path):
+    first, last = check_state_lifecycle(kedsl_ultraedit, "ultraedit", {**FAST, "retain": retain}, tiny_tokenizer, tmp_path)
+    # mean, m2, count per projection (gate, up of layers 1 and 2), and with retain the keys' sum
+    assert len(first) == (4 if retain else 3) * 4
     counts = [k for k in first if k.endswith(".count")]
     assert all(float(last[k]) > float(first[k]) for k in counts)  # the kept edit's tokens were folded in
+    for k in (k for k in first if k.endswith(".keys")):  # the kept edit's keys were added
+        assert float(torch.trace(last[k])) > float(torch.trace(first[k]))
+
+
+def test_retain_sums_earlier_keys_and_holds_their_outputs(tiny_llama):
+    model = sharpen(tiny_llama)
+    names = kedsl_ultraedit.config.UltraEditConfig.from_params(params()).weight_names(model)
+    modules = {n: model.module(n.rsplit(".", 1)[0]) for n in names}
+    pairs = [(r.prompt, r.target) for r in REQUESTS]
+    first_keys = linear_factors(model, encode_answers(model, pairs[:1]), modules, answer_only=True)
+    moved = {}
+    for retain in (0.0, 100.0):
+        state: dict = {}
+        one, _ = run(model, REQUESTS[:1], state, retain=retain)
+        second_keys = linear_factors(model, encode_answers(model, pairs[1:]), modules, answer_only=True)
+        two, _ = run(model, REQUESTS[1:], state, retain=retain)
+        if retain:
+            for n in names:  # the running sum of every turn's X^T X (the first step's inputs)
+                x = torch.cat([first_keys[n][0], second_keys[n][0]]).double()
+                torch.testing.assert_close(state[f"{n}.keys"], x.T @ x, rtol=1e-5, atol=1e-6)
+        # how far the second turn moved the first edit's projection outputs
+        moved[retain] = sum(float((first_keys[n][0].double() @ two.changes[n].delta.double().T).norm()) for n in names)
+        two.undo(model)
+        one.undo(model)
+    assert moved[100.0] < 0.2 * moved[0.0]
+
+
+def test_context_prefixes_train_each_edit_in_more_contexts(tiny_llama):
+    model = sharpen(tiny_llama)
+    plain, _ = run(model, steps=1)
+    plain.undo(model)
+    prefixed, _ = run(model, steps=1, context_count=2, context_lengths=[3])
+    # the same answers behind the plain prompt and two generated prefixes: three times the tokens
+    assert prefixed.info["answer_tokens"] == 3 * plain.info["answer_tokens"]
+    assert prefixed.info["contexts"] == 3 and plain.info["contexts"] == 1
 
 
 def test_the_papers_gate_up_pattern_edits_gates_early_and_ups_late(tiny_llama, tiny_gpt2):

@@ -28,6 +28,9 @@ class UltraEditConfig(MethodConfig):
     preserve: float = param(0.0, "weight of the inputs' second moment C over general text in (X^T X + ridge I + preserve C) dW^T = X^T V: holds the outputs of unrelated text in place (0: the paper's identity ridge only; like MEMIT's lambda, in tokens)", min=0.0)
     mom2_samples: int = param(8192, "tokens of the statistics corpus for C (with preserve > 0)", min=1)
     stats_corpus: str = param("model", "statistics corpus for C: 'model' (sampled from the model), 'questions' (1,000 Natural Questions shipped with kedsl), a .txt/.jsonl file, or a datasets name")
+    retain: float = param(0.0, "weight of the earlier turns' own inputs K in (X^T X + ridge I + preserve C + retain K^T K) dW^T = X^T V: holds the outputs at earlier edits' answer positions in place (0: the paper; 1: as much as this turn's fit). K^T K is a running d_in x d_in sum, so memory does not grow with the edits", min=0.0)
+    context_count: int = param(0, "generated prefixes per length each edit is also trained behind, as ROME's context templates (0: the plain prompt only, the paper)", min=0, max=20)
+    context_lengths: list[int] = param([5], "token lengths of the generated prefixes (with context_count > 0)")
     steps: int = param(1, "closed-form steps per turn, each from the gradients at the weights the previous step left (1: the paper's single step; the statistics take the first step's factors only)", min=1, max=20)
     seed: int | None = param(None, "seed of the statistics corpus (default: the run's seed)", min=0)
 

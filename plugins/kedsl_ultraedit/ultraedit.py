@@ -17,7 +17,12 @@ One turn (one ``apply``: a single edit, or a ``batch`` block) for each edited pr
 
 The running statistics (``<weight>.mean``, ``.m2``, ``.count``: ``d_in + d_out`` floats
 twice, plus one count, per projection) are the method state, so memory does not grow with
-the number of edits.
+the number of edits. With ``retain`` > 0 the state also holds ``<weight>.keys``, the sum of
+``X^T X`` over all earlier turns (``d_in x d_in``), and the solve adds ``retain`` times it:
+a later turn then moves the outputs at earlier edits' answer positions as little as it can
+(MEMIT's and AlphaEdit's treatment of earlier keys, here at UltraEdit's fixed cost).
+With ``context_count`` > 0 every edit is also trained behind short texts the model
+generates (ROME's context templates), so it holds in more contexts than its own prompt.
 
 Where the paper shares one normaliser among projections of equal shape, kedsl keeps one
 per projection (the gate and up projections of a layer see the same inputs but different
@@ -36,6 +41,7 @@ from typing import Any
 import torch
 
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method
+from kedsl.toolkit.context import context_templates
 from kedsl.toolkit.gradients import AnswerBatch, encode_answers, fold_moments, linear_factors, standardise
 from kedsl.toolkit.stats import prepare_second_moments, second_moment
 
@@ -95,6 +101,12 @@ def preserved_inputs(model: LoadedModel, layer: int, site: str, cfg: UltraEditCo
     return cfg.preserve * second_moment(model, layer, cfg.stats_corpus, cfg.mom2_samples, cfg.seed, site=site)
 
 
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    """``X^T X`` in float64 (the retained keys' running sum)."""
+    x = x.double()
+    return x.T @ x
+
+
 class UltraEdit(Method):
     """The method class named by kedsl_ultraedit's MethodSpec."""
 
@@ -110,10 +122,13 @@ class UltraEdit(Method):
             for site in sorted({site for _, _, site in edited}):
                 prepare_second_moments(model, [l for _, l, s in edited if s == site], cfg.stats_corpus, cfg.mom2_samples, cfg.seed, site)
         preserved = {name: preserved_inputs(model, layer, site, cfg) for name, layer, site in edited}
+        templates = context_templates(model, cfg.context_lengths, cfg.context_count, cfg.seed or 0) if cfg.context_count else ["{}"]
         start = time.perf_counter()
         # tokenized once: every step reads the same answers
-        batches = [encode_answers(model, [(r.prompt, r.target) for r in requests[at : at + CHUNK]]) for at in range(0, len(requests), CHUNK)]
+        pairs = [(t.format(r.prompt), r.target) for r in requests for t in templates]
+        batches = [encode_answers(model, pairs[at : at + CHUNK]) for at in range(0, len(pairs), CHUNK)]
         new_state: dict[str, torch.Tensor] = {}
+        held: dict[str, torch.Tensor | None] = {}  # per projection: preserve * C + retain * (earlier turns' K^T K)
         tokens = 0
         for step in range(cfg.steps):
             if context.progress is not None and cfg.steps > 1:
@@ -127,16 +142,25 @@ class UltraEdit(Method):
                     mean, m2, count = self._statistics(context.state, name, x.shape[1] + d.shape[1])
                     fold_moments(mean, m2, count, torch.cat([x, d], dim=1))
                     new_state.update({f"{name}.mean": mean, f"{name}.m2": m2, f"{name}.count": count})
+                    if cfg.retain > 0:
+                        earlier = context.state.get(f"{name}.keys")
+                        held[name] = None if earlier is None else cfg.retain * earlier
+                        if preserved[name] is not None:
+                            held[name] = preserved[name] if held[name] is None else held[name] + preserved[name]
+                        # a new tensor: the executor's rollback restores the one it snapshotted
+                        new_state[f"{name}.keys"] = _gram(x) if earlier is None else earlier + _gram(x)
+                    else:
+                        held[name] = preserved[name]
                 stats = (new_state[f"{name}.mean"], new_state[f"{name}.m2"], new_state[f"{name}.count"])
-                delta = ridge_update(x, requested_changes(x, d, *stats, cfg.lr), cfg.ridge, preserved[name])
+                delta = ridge_update(x, requested_changes(x, d, *stats, cfg.lr), cfg.ridge, held[name])
                 weight = model.read_weight(name)  # where it lives (an offloaded one from its map)
                 delta = delta.T if model.arch.transposed else delta
                 # summed in float32, rounded once to the weight's dtype (a bf16 weight keeps steps below its own rounding)
                 context.weights.set_(name, weight.float() + delta.to(device=weight.device, dtype=torch.float32))
         context.state.update(new_state)
         seconds = time.perf_counter() - start
-        log.info("ultraedit: %d request(s), %d answer tokens, %d projections, %d step(s), %.2fs", len(requests), tokens, len(names), cfg.steps, seconds)
-        return context.outcome(projections=len(names), answer_tokens=tokens, steps=cfg.steps, seconds=seconds)
+        log.info("ultraedit: %d request(s) x %d context(s), %d answer tokens, %d projections, %d step(s), %.2fs", len(requests), len(templates), tokens, len(names), cfg.steps, seconds)
+        return context.outcome(projections=len(names), contexts=len(templates), answer_tokens=tokens, steps=cfg.steps, seconds=seconds)
 
     @staticmethod
     def _factors(model: LoadedModel, batches: list[AnswerBatch], modules: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
