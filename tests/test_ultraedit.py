@@ -205,3 +205,28 @@ def test_check_refuses_gate_layers_without_the_gate_up_pattern(tmp_path):
     assert r.exit_code == 2 and "only with projections='gate_up'" in r.output and "Traceback" not in r.output
     script.write_text('model "smollm2-135m";\nedit "Eiffel Tower" located_in -> "Rome" using ultraedit(projections="gate_up", gate_layers=1..2);\n')
     assert CliRunner().invoke(main, ["check", str(script)]).exit_code == 0
+
+
+def test_subject_positions_add_the_subjects_last_token(tiny_llama):
+    from kedsl.toolkit.tokens import encode_with_subject
+
+    model = sharpen(tiny_llama)
+    requests = [REQUESTS[1], EditRequest(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target="Rome")]
+    pairs = [(r.prompt, r.target) for r in requests]
+    batch = encode_answers(model, pairs, [r.subject for r in requests])
+    keep = batch.predicting_and_subject()
+    added = 0
+    for row, r in enumerate(requests):  # the subject's last token, unless it already predicts the answer
+        last = encode_with_subject(model.tokenizer, r.prompt, r.subject, r.target).subject_last
+        inside = bool(batch.predicting()[row, last])
+        assert int(batch.subject_last[row]) == last and bool(keep[row, last])
+        assert int(keep[row].sum()) == int(batch.predicting()[row].sum()) + (not inside)
+        added += not inside
+    assert added == 1  # "Toyota" ends its prompt, "Eiffel Tower" does not
+    # a subject the prompt does not contain adds nothing
+    other = encode_answers(model, pairs[:1], ["Louvre"])
+    assert int(other.subject_last[0]) == -1 and torch.equal(other.predicting_and_subject(), other.predicting())
+    plain, _ = run(model, requests, steps=1)
+    plain.undo(model)
+    keyed, _ = run(model, requests, steps=1, positions="subject")
+    assert keyed.info["answer_tokens"] == plain.info["answer_tokens"] + added

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.handle import LoadedModel
-from .tokens import encode_pair
+from .tokens import encode_pair, encode_with_subject
 
 K = TypeVar("K", bound=Hashable)
 
@@ -34,6 +34,8 @@ class AnswerBatch:
     ids: torch.Tensor
     mask: torch.Tensor
     labels: torch.Tensor
+    #: per row, the position of the subject's last token (-1: none given or not found)
+    subject_last: torch.Tensor | None = None
 
     def predicting(self) -> torch.Tensor:
         """Boolean mask of the positions whose logits predict an answer token (``t - 1``
@@ -42,9 +44,19 @@ class AnswerBatch:
         out[:, :-1] = self.labels[:, 1:] != -100
         return out
 
+    def predicting_and_subject(self) -> torch.Tensor:
+        """:meth:`predicting` plus each row's subject's last token (where one was found)."""
+        out = self.predicting()
+        if self.subject_last is not None:
+            rows = torch.nonzero(self.subject_last >= 0).flatten()
+            out[rows, self.subject_last[rows]] = True
+        return out
 
-def encode_answers(model: LoadedModel, pairs: Sequence[tuple[str, str]]) -> AnswerBatch:
-    """``(prompt, answer)`` pairs tokenized jointly (kedsl's rule), right-padded."""
+
+def encode_answers(model: LoadedModel, pairs: Sequence[tuple[str, str]], subjects: Sequence[str] | None = None) -> AnswerBatch:
+    """``(prompt, answer)`` pairs tokenized jointly (kedsl's rule), right-padded. With
+    ``subjects`` (one per pair), the batch also records where each subject's last token is
+    (the last occurrence in the prompt; -1 where the prompt does not contain it)."""
     encs = [encode_pair(model.tokenizer, p, a) for p, a in pairs]
     width = max(len(e.input_ids) for e in encs)
     ids = torch.zeros((len(encs), width), dtype=torch.long)
@@ -55,8 +67,20 @@ def encode_answers(model: LoadedModel, pairs: Sequence[tuple[str, str]]) -> Answ
         ids[i, :n] = torch.tensor(e.input_ids)
         mask[i, :n] = 1
         labels[i, e.prompt_len : n] = ids[i, e.prompt_len : n]
+    subject_last = None
+    if subjects is not None:
+        subject_last = torch.full((len(encs),), -1, dtype=torch.long)
+        for i, ((prompt, answer), subject, e) in enumerate(zip(pairs, subjects, encs)):
+            try:
+                located = encode_with_subject(model.tokenizer, prompt, subject, answer)
+            except ValueError:
+                continue
+            if located.input_ids != e.input_ids:  # one tokenization rule for both
+                raise AssertionError(f"subject location tokenized {prompt!r} differently")
+            subject_last[i] = located.subject_last
+        subject_last = subject_last.to(model.device)
     device = model.device
-    return AnswerBatch(ids.to(device), mask.to(device), labels.to(device))
+    return AnswerBatch(ids.to(device), mask.to(device), labels.to(device), subject_last)
 
 
 def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -75,12 +99,14 @@ def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
     return out
 
 
-def linear_factors(model: LoadedModel, batch: AnswerBatch, modules: Mapping[K, nn.Module], answer_only: bool = False) -> dict[K, tuple[torch.Tensor, torch.Tensor]]:
+def linear_factors(
+    model: LoadedModel, batch: AnswerBatch, modules: Mapping[K, nn.Module], answer_only: bool = False, keep: torch.Tensor | None = None
+) -> dict[K, tuple[torch.Tensor, torch.Tensor]]:
     """Per module, its inputs ``X`` (tokens x d_in) and output gradients ``D`` (tokens x
-    d_out) for the answer NLL of ``batch`` (float32): over every non-padding token, or with
-    ``answer_only`` over the positions that predict an answer token. ``dL/dW = D^T X``
-    over the tokens taken. The model's weights get no ``.grad`` (the graph starts at the
-    embeddings)."""
+    d_out) for the answer NLL of ``batch`` (float32): over every non-padding token, with
+    ``answer_only`` over the positions that predict an answer token, or over the positions
+    of a boolean mask ``keep``. ``dL/dW = D^T X`` over the tokens taken. The model's
+    weights get no ``.grad`` (the graph starts at the embeddings)."""
     caught: dict[K, tuple[torch.Tensor, torch.Tensor]] = {}
     keys = list(modules)
     handles = [model.module(model.arch.embed).register_forward_hook(lambda m, a, out: out.detach().requires_grad_(True))]
@@ -94,7 +120,8 @@ def linear_factors(model: LoadedModel, batch: AnswerBatch, modules: Mapping[K, n
     finally:
         for h in handles:
             h.remove()
-    keep = batch.predicting() if answer_only else batch.mask.bool()
+    if keep is None:
+        keep = batch.predicting() if answer_only else batch.mask.bool()
     return {key: (caught[key][0][keep].detach().float(), g[keep].detach().float()) for key, g in zip(keys, grads)}
 
 

@@ -21,6 +21,8 @@ the number of edits. With ``retain`` > 0 the state also holds ``<weight>.keys``,
 ``X^T X`` over all earlier turns (``d_in x d_in``), and the solve adds ``retain`` times it:
 a later turn then moves the outputs at earlier edits' answer positions as little as it can
 (MEMIT's and AlphaEdit's treatment of earlier keys, here at UltraEdit's fixed cost).
+With ``positions="subject"`` a turn also takes the subject's last token, where ROME keys
+its edit, besides the answer positions the paper takes.
 With ``context_count`` > 0 every edit is also trained behind short texts the model
 generates (ROME's context templates), so it holds in more contexts than its own prompt.
 
@@ -126,7 +128,8 @@ class UltraEdit(Method):
         start = time.perf_counter()
         # tokenized once: every step reads the same answers
         pairs = [(t.format(r.prompt), r.target) for r in requests for t in templates]
-        batches = [encode_answers(model, pairs[at : at + CHUNK]) for at in range(0, len(pairs), CHUNK)]
+        subjects = [r.subject for r in requests for _ in templates] if cfg.positions == "subject" else None
+        batches = [encode_answers(model, pairs[at : at + CHUNK], None if subjects is None else subjects[at : at + CHUNK]) for at in range(0, len(pairs), CHUNK)]
         new_state: dict[str, torch.Tensor] = {}
         held: dict[str, torch.Tensor | None] = {}  # per projection: preserve * C + retain * (earlier turns' K^T K)
         tokens = 0
@@ -173,7 +176,8 @@ class UltraEdit(Method):
                 # the loss is a mean over the chunk's answer tokens: times their count, each
                 # row of D is that token's own gradient, whatever the chunking
                 per_token = float(batch.predicting().sum())
-                for name, (x, d) in linear_factors(model, batch, modules, answer_only=True).items():
+                keep = batch.predicting() if batch.subject_last is None else batch.predicting_and_subject()
+                for name, (x, d) in linear_factors(model, batch, modules, keep=keep).items():
                     parts[name].append((x, d * per_token))
         finally:
             model.model.train(was_training)
