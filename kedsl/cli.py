@@ -634,9 +634,11 @@ def curve(results: tuple[str, ...], out_png: str, title: str) -> None:
     for i, (config, _) in enumerate(runs):
         twins = [j for j, other in enumerate(base) if other == base[i]]
         if len(twins) > 1:  # runs of one method: told apart by the parameters where they differ, else the file
-            given = [runs[j][0].get("given_params") or {} for j in twins]
-            mine = config.get("given_params") or {}
-            differ = [f"{k}={_plain_value(v)}" for k, v in mine.items() if any(g.get(k) != v for g in given)]
+            # the parameters the method ran with (preset included), or, in older files, those given
+            used = [runs[j][0].get("params") or runs[j][0].get("given_params") or {} for j in twins]
+            mine = config.get("params") or config.get("given_params") or {}
+            # a key only some files have (added later) counts where its value is set at all
+            differ = [f"{k}={_plain_value(v)}" for k, v in mine.items() if any(u.get(k) != v for u in used) and (v or all(k in u for u in used))]
             labels[i] += f" ({', '.join(differ) if differ else Path(results[i]).stem})"
     labelled = [(label, cv) for label, (_, cv) in zip(labels, runs)]
     from .plots import degradation_curves

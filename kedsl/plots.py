@@ -5,6 +5,7 @@ that draw.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -139,9 +140,18 @@ def degradation_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], tit
         for ax, m in zip(axes.flat, metrics):
             for label, curve in runs:
                 ax.plot(*xy(curve, m), marker="o", markersize=3, label=label)
-            _curve_axes(ax, _metric_label(m), "value")
-        for ax in list(axes.flat)[len(metrics):]:
-            ax.set_visible(False)
+            _curve_axes(ax, _metric_label(m), "value", legend=False)
+        # one legend for all panels: in the first free panel, else under the panels
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        labels = [textwrap.fill(label, 60, subsequent_indent="  ") for label in labels]
+        free = list(axes.flat)[len(metrics):]
+        for ax in free:
+            ax.set_axis_off()
+        if free:
+            free[0].legend(handles, labels, loc="center", fontsize=8, frameon=False)
+        else:
+            fig.legend(handles, labels, loc="lower center", ncol=1, fontsize=8, frameon=False)
+            fig.subplots_adjust(bottom=0.08 + 0.05 * len(runs))
         fig.suptitle(title, fontsize=10)
     return _save(plt, fig, path)
 
@@ -155,12 +165,13 @@ def _metric_label(metric: str) -> str:
     return metric.replace("_", " ") + ("" if _percent(metric) == 1.0 else " (%)")
 
 
-def _curve_axes(ax: Any, title: str, ylabel: str) -> None:
+def _curve_axes(ax: Any, title: str, ylabel: str, legend: bool = True) -> None:
     ax.set_xlabel("edits so far")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if legend:
+        ax.legend(fontsize=7)
 
 
 def _save(plt: Any, fig: Any, path: str | Path) -> Path:

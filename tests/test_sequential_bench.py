@@ -122,3 +122,23 @@ def test_curves_of_one_method_are_told_apart_by_their_parameters(tmp_path, monke
     r = CliRunner().invoke(main, ["curve", *files, "--out", str(tmp_path / "c.png")])
     assert r.exit_code == 0, r.output
     assert seen["labels"] == ["ultraedit (lr=0.0001)", "ultraedit (lr=3e-05, stats_corpus=q.txt)", "ultraedit (lr=3e-05, stats_corpus=q.txt)"]
+
+
+def test_curve_labels_read_the_parameters_a_run_used(tmp_path, monkeypatch):
+    """A preset run gives no parameters, but its file records those it ran with; a key that
+    only newer files have shows where it is set (retain=3.0), not where it is off (0)."""
+    import json
+
+    import kedsl.plots
+
+    seen = {}
+    monkeypatch.setattr(kedsl.plots, "degradation_curves", lambda runs, title, out: seen.setdefault("labels", [l for l, _ in runs]) and out)
+    point = [{"edits": 10, "metrics": {"efficacy": 0.5}}]
+    files = []
+    for name, used in (("old", {"lr": 3e-5, "steps": 5}), ("new", {"lr": 5e-5, "steps": 5, "retain": 3.0, "context_count": 0})):
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps({"config": {"method": "ultraedit", "model": "m", "given_params": {}, "params": used}, "curve": point}))
+        files.append(str(f))
+    r = CliRunner().invoke(main, ["curve", *files, "--out", str(tmp_path / "c.png")])
+    assert r.exit_code == 0, r.output
+    assert seen["labels"] == ["ultraedit (lr=3e-05)", "ultraedit (lr=5e-05, retain=3.0)"]
