@@ -94,6 +94,10 @@ def _gate_and_up(model: LoadedModel, layer: int) -> tuple[str, str]:
     return found["gate"][0], found["up"][0]
 
 
+#: The step measured on SmolLM2, carried to Gemma and Qwen on their depth-relative layers
+#: (measured there on single edits only: no retain).
+SINGLE_EDIT_STEP = {"projections": "input", "lr": 3e-5, "steps": 5, "preserve": 500.0, "stats_corpus": "questions", "positions": "subject"}
+
 PRESETS: tuple[Preset, ...] = (
     Preset(
         model="smollm2-135m",
@@ -113,7 +117,7 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset(
         model="gemma3-270m",
-        values={"layers": list(range(6, 15)), "projections": "input", "lr": 3e-5, "steps": 5, "preserve": 500.0, "stats_corpus": "questions", "positions": "subject"},
+        values={"layers": list(range(6, 15)), **SINGLE_EDIT_STEP},
         measured_by=(
             "ZsRE tuning records 0-9, single edits (bench/preset_sweep.py --model gemma3-270m --method ultraedit "
             "--param lr --values 3e-5,5e-5 --limit 10 --set steps=5 --set preserve=500 --set stats_corpus=questions "
@@ -125,7 +129,7 @@ PRESETS: tuple[Preset, ...] = (
     ),
     Preset(
         model="qwen2.5-coder-0.5b",
-        values={"layers": list(range(8, 19)), "projections": "input", "lr": 3e-5, "steps": 5, "preserve": 500.0, "stats_corpus": "questions", "positions": "subject"},
+        values={"layers": list(range(8, 19)), **SINGLE_EDIT_STEP},
         measured_by=(
             "ZsRE tuning records 0-9, single edits (bench/preset_sweep.py --model qwen2.5-coder-0.5b --method "
             "ultraedit --param lr --values 3e-5 --limit 10 --set steps=5 --set preserve=500 --set "

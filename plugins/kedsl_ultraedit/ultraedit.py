@@ -176,8 +176,8 @@ class UltraEdit(Method):
                 # the loss is a mean over the chunk's answer tokens: times their count, each
                 # row of D is that token's own gradient, whatever the chunking
                 per_token = float(batch.predicting().sum())
-                keep = batch.predicting() if batch.subject_last is None else batch.predicting_and_subject()
-                for name, (x, d) in linear_factors(model, batch, modules, keep=keep).items():
+                # the answer positions, and the subjects' last tokens where the batch located them
+                for name, (x, d) in linear_factors(model, batch, modules, keep=batch.predicting_and_subject()).items():
                     parts[name].append((x, d * per_token))
         finally:
             model.model.train(was_training)
