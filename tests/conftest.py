@@ -14,6 +14,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# Under pytest-xdist each worker is one process per core: torch (and every `kedsl`
+# subprocess a test starts) then uses one thread, so workers do not oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # A fixed statistics corpus for the tiny models (see fixtures/README.md)
 STATS_CORPUS = str(Path(__file__).parent / "fixtures" / "tiny_stats_corpus.txt")
 
