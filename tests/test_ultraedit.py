@@ -230,3 +230,29 @@ def test_subject_positions_add_the_subjects_last_token(tiny_llama):
     plain.undo(model)
     keyed, _ = run(model, requests, steps=1, positions="subject")
     assert keyed.info["answer_tokens"] == plain.info["answer_tokens"] + added
+
+
+def test_subject_key_asks_the_first_answer_token_of_the_subject(tiny_llama):
+    model = sharpen(tiny_llama)
+    requests = [REQUESTS[1], EditRequest(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target="Rome")]
+    pairs = [(r.prompt, r.target) for r in requests]
+    batch = encode_answers(model, pairs, [r.subject for r in requests])
+    keyed = batch.subject_keyed()
+    both = batch.predicting_and_subject()
+    for row in range(len(requests)):
+        prompt_end = int((batch.labels[row] != -100).nonzero()[0]) - 1
+        subject = int(batch.subject_last[row])
+        assert bool(keyed[row, subject])
+        if subject == prompt_end:  # "Toyota" ends its prompt: nothing to take out
+            assert torch.equal(keyed[row], both[row])
+        else:  # the prompt's end is gone, every later answer position stays
+            assert not keyed[row, prompt_end]
+            assert torch.equal(keyed[row, prompt_end + 1 :], both[row, prompt_end + 1 :])
+            assert int(keyed[row].sum()) == int(both[row].sum()) - 1
+    # a subject the prompt does not contain leaves the row as it was
+    other = encode_answers(model, pairs[:1], ["Louvre"])
+    assert torch.equal(other.subject_keyed(), other.predicting())
+    base = model.model.state_dict()["model.layers.1.mlp.up_proj.weight"].clone()
+    outcome, _ = run(model, requests, steps=1, positions="subject_key")
+    assert outcome.info["answer_tokens"] == int(keyed.sum())
+    assert not torch.equal(model.model.state_dict()["model.layers.1.mlp.up_proj.weight"], base)

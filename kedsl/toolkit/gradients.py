@@ -52,6 +52,19 @@ class AnswerBatch:
             out[rows, self.subject_last[rows]] = True
         return out
 
+    def subject_keyed(self) -> torch.Tensor:
+        """:meth:`predicting_and_subject` without the prompt's last position in the rows
+        whose subject was found: the first answer token is then asked of the subject's
+        last token alone (a paraphrase keeps the subject but not the prompt's ending); the
+        later answer tokens stay where they are predicted."""
+        out = self.predicting_and_subject()
+        if self.subject_last is not None:
+            rows = torch.nonzero(self.subject_last >= 0).flatten()
+            prompt_end = (self.labels != -100).int().argmax(1) - 1  # predicts the first answer token
+            out[rows, prompt_end[rows]] = False
+            out[rows, self.subject_last[rows]] = True  # a prompt that ends with its subject keeps it
+        return out
+
 
 def encode_answers(model: LoadedModel, pairs: Sequence[tuple[str, str]], subjects: Sequence[str] | None = None) -> AnswerBatch:
     """``(prompt, answer)`` pairs tokenized jointly (kedsl's rule), right-padded. With

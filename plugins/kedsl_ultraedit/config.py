@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from kedsl.plugin import LoadedModel
 
 PROJECTIONS = ("input", "output", "both", "gate_up")
-POSITIONS = ("answer", "subject")
+POSITIONS = ("answer", "subject", "subject_key")
 
 
 @dataclass
@@ -29,7 +29,7 @@ class UltraEditConfig(MethodConfig):
     preserve: float = param(0.0, "weight of the inputs' second moment C over general text in (X^T X + ridge I + preserve C) dW^T = X^T V: holds the outputs of unrelated text in place (0: the paper's identity ridge only; like MEMIT's lambda, in tokens)", min=0.0)
     mom2_samples: int = param(8192, "tokens of the statistics corpus for C (with preserve > 0)", min=1)
     stats_corpus: str = param("model", "statistics corpus for C: 'model' (sampled from the model), 'questions' (1,000 Natural Questions shipped with kedsl), a .txt/.jsonl file, or a datasets name")
-    positions: str = param("answer", "token positions whose inputs and gradients a turn takes: 'answer' (those predicting an answer token, the paper's) or 'subject' (those and the subject's last token, where ROME keys its edit: a paraphrase that keeps the subject finds the change there)", type="str", choices=POSITIONS)
+    positions: str = param("answer", "token positions whose inputs and gradients a turn takes: 'answer' (those predicting an answer token, the paper's) 'subject' (those and the subject's last token, where ROME keys its edit: a paraphrase that keeps the subject finds the change there), or 'subject_key' (as 'subject' but without the prompt's last position: the first answer token is asked of the subject alone)", type="str", choices=POSITIONS)
     retain: float = param(0.0, "weight of the earlier turns' own inputs K in (X^T X + ridge I + preserve C + retain K^T K) dW^T = X^T V: holds the outputs at earlier edits' answer positions in place (0: the paper; 1: as much as this turn's fit). K^T K is a running d_in x d_in sum, so memory does not grow with the edits", min=0.0)
     context_count: int = param(0, "generated prefixes per length each edit is also trained behind, as ROME's context templates (0: the plain prompt only, the paper)", min=0, max=20)
     context_lengths: list[int] = param([5], "token lengths of the generated prefixes (with context_count > 0)")

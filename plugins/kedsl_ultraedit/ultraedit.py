@@ -22,7 +22,9 @@ the number of edits. With ``retain`` > 0 the state also holds ``<weight>.keys``,
 a later turn then moves the outputs at earlier edits' answer positions as little as it can
 (MEMIT's and AlphaEdit's treatment of earlier keys, here at UltraEdit's fixed cost).
 With ``positions="subject"`` a turn also takes the subject's last token, where ROME keys
-its edit, besides the answer positions the paper takes.
+its edit, besides the answer positions the paper takes; with ``"subject_key"`` the subject's
+last token replaces the prompt's last position, so the first answer token is asked of the
+subject alone (the later answer tokens stay where they are predicted).
 With ``context_count`` > 0 every edit is also trained behind short texts the model
 generates (ROME's context templates), so it holds in more contexts than its own prompt.
 
@@ -128,7 +130,7 @@ class UltraEdit(Method):
         start = time.perf_counter()
         # tokenized once: every step reads the same answers
         pairs = [(t.format(r.prompt), r.target) for r in requests for t in templates]
-        subjects = [r.subject for r in requests for _ in templates] if cfg.positions == "subject" else None
+        subjects = [r.subject for r in requests for _ in templates] if cfg.positions != "answer" else None
         batches = [encode_answers(model, pairs[at : at + CHUNK], None if subjects is None else subjects[at : at + CHUNK]) for at in range(0, len(pairs), CHUNK)]
         new_state: dict[str, torch.Tensor] = {}
         held: dict[str, torch.Tensor | None] = {}  # per projection: preserve * C + retain * (earlier turns' K^T K)
@@ -136,7 +138,7 @@ class UltraEdit(Method):
         for step in range(cfg.steps):
             if context.progress is not None and cfg.steps > 1:
                 context.progress(f"ultraedit step {step + 1}/{cfg.steps} over {len(requests)} request(s)")
-            factors = self._factors(model, batches, modules)
+            factors = self._factors(model, batches, modules, cfg.positions == "subject_key")
             for name in names:
                 x, d = factors[name]
                 tokens = x.shape[0]
@@ -166,8 +168,10 @@ class UltraEdit(Method):
         return context.outcome(projections=len(names), contexts=len(templates), answer_tokens=tokens, steps=cfg.steps, seconds=seconds)
 
     @staticmethod
-    def _factors(model: LoadedModel, batches: list[AnswerBatch], modules: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Every projection's ``(X, D)`` at the answer-predicting positions of all batches."""
+    def _factors(model: LoadedModel, batches: list[AnswerBatch], modules: dict[str, Any], subject_keyed: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every projection's ``(X, D)`` at the answer-predicting positions of all batches
+        (and the subjects' last tokens where located; with ``subject_keyed``, those in place
+        of the prompts' last positions)."""
         parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in modules}
         was_training = model.model.training
         model.model.eval()  # no dropout: the edit must be deterministic
@@ -177,7 +181,8 @@ class UltraEdit(Method):
                 # row of D is that token's own gradient, whatever the chunking
                 per_token = float(batch.predicting().sum())
                 # the answer positions, and the subjects' last tokens where the batch located them
-                for name, (x, d) in linear_factors(model, batch, modules, keep=batch.predicting_and_subject()).items():
+                keep = batch.subject_keyed() if subject_keyed else batch.predicting_and_subject()
+                for name, (x, d) in linear_factors(model, batch, modules, keep=keep).items():
                     parts[name].append((x, d * per_token))
         finally:
             model.model.train(was_training)
