@@ -1,5 +1,6 @@
 """The shared editing toolkit: activations, tokens with subject, context templates,
-second-moment statistics with their cache, and the value search (tiny in-process models)."""
+second-moment statistics with their cache, the value search (tiny in-process models), and
+the update rules' shared solve."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import torch
 from kedsl.toolkit import activations as act
 from kedsl.toolkit import context as ctxmod
 from kedsl.toolkit import stats as statsmod
+from kedsl.toolkit.linear_algebra import solve_product
 from kedsl.toolkit.multilayer import residual_path
 from kedsl.toolkit.optimize import Fact, ValueSearchConfig, layers_below, search_values
 from kedsl.toolkit.activations import make_batch, make_split_batch, pad_id, prefix_keys_values, run_suffix
@@ -388,3 +390,15 @@ def test_prepare_second_moments_takes_one_pass_and_holds_nothing(tiny_llama, tmp
     assert passes == [[1, 2, 3], [0]]
     statsmod.prepare_second_moments(tiny_llama, [0, 3], samples=300)
     assert passes == [[1, 2, 3], [0]]
+
+
+def test_both_orders_solve_the_same_system():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    a = m @ m.T + torch.eye(8, dtype=torch.float64)
+    for n, p in ((3, 20), (20, 3), (5, 5)):  # few columns on the left, on the right, equal
+        left = torch.randn(8, n, generator=g, dtype=torch.float64)
+        right = torch.randn(n, p, generator=g, dtype=torch.float64)
+        x = solve_product(a, left, right)
+        assert x.shape == (8, p)
+        assert float((a @ x - left @ right).abs().max()) < 1e-10

@@ -35,6 +35,7 @@ from ..model.handle import LoadedModel
 from ..model.journal import WeightJournal
 from .activations import first_tensor, hooked, make_batch, pad_id, read_at, record_layer_outputs, replaying
 from .context import context_templates
+from .linear_algebra import solve_product
 from .multilayer_config import MultiLayerConfig
 from .optimize import Fact, ValueSearchConfig, search_values, template_prefix
 from .tokens import encode_with_subject
@@ -107,7 +108,7 @@ def least_squares_update(keys: torch.Tensor, residuals: torch.Tensor, mom2: torc
     if mom2 is None or update_weight == 0:
         return r @ torch.linalg.pinv(k)
     a = update_weight * mom2.double() + k @ k.T
-    return torch.linalg.solve(a, k @ r.T).T
+    return solve_product(a, k, r.T).T
 
 
 @dataclass

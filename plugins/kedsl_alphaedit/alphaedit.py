@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method
+from kedsl.toolkit.linear_algebra import solve_product
 from kedsl.toolkit.multilayer import multilayer_edit
 from kedsl.toolkit.stats import base_fingerprint, prepare_second_moments, second_moment
 
@@ -105,7 +106,7 @@ def projected_update(
     if earlier is not None:
         m = m + earlier_weight * earlier.double()
     a = p @ m + l2 * torch.eye(p.shape[0], dtype=torch.float64, device=p.device)
-    return torch.linalg.solve(a, p @ k @ r.T).T
+    return solve_product(a, p @ k, r.T).T
 
 
 class AlphaEdit(Method):

@@ -47,6 +47,7 @@ import torch
 from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Method
 from kedsl.toolkit.context import context_templates
 from kedsl.toolkit.gradients import AnswerBatch, encode_answers, fold_moments, linear_factors, standardise
+from kedsl.toolkit.linear_algebra import solve_product
 from kedsl.toolkit.stats import prepare_second_moments, second_moment
 
 from .config import UltraEditConfig
@@ -93,7 +94,7 @@ def ridge_update(x: torch.Tensor, v: torch.Tensor, ridge: float, preserved: torc
     a = x.T @ x + ridge * torch.eye(x.shape[1], dtype=torch.float64, device=x.device)
     if preserved is not None:
         a = a + preserved.to(device=x.device, dtype=torch.float64)
-    return torch.linalg.solve(a, x.T @ v.double()).T
+    return solve_product(a, x.T, v.double()).T
 
 
 def preserved_inputs(model: LoadedModel, layer: int, site: str, cfg: UltraEditConfig) -> torch.Tensor | None:
