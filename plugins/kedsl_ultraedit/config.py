@@ -105,7 +105,7 @@ PRESETS: tuple[Preset, ...] = (
         measured_by=(
             "ZsRE tuning records 0-299 in sequential turns of 100 (kedsl bench --mode sequential --batch-size 100 "
             "--limit 300, bench/results/ultraedit/tune/); efficacy/generalization/locality after 298 edits: this "
-            "setting 95.1/63.0/84.4; with retain 1 92.9/64.2/83.9; at lr 3e-5 with retain 1 and subject positions "
+            "setting 95.1/63.0/84.4; with positions subject_key 70.3/61.1/84.7 (at lr 1e-4 76.7/65.8/72.9); with retain 1 92.9/64.2/83.9; at lr 3e-5 with retain 1 and subject positions "
             "91.4/60.7/88.1, with retain 1 only 89.1/59.1/87.9, the same in turns of 10 91.1/54.5/92.2, with one "
             "context prefix (no retain) 87.9/60.7/85.5 at twice the time; lr 3e-5 without either (the preset before) "
             "85.9/57.7/86.6, with preserve 2000 81.2/55.0/91.4. With statistics of text sampled from the "
