@@ -207,13 +207,22 @@ def test_check_refuses_gate_layers_without_the_gate_up_pattern(tmp_path):
     assert CliRunner().invoke(main, ["check", str(script)]).exit_code == 0
 
 
+#: one prompt that ends with its subject ("Toyota") and one that does not ("Eiffel Tower")
+SUBJECT_REQUESTS = [REQUESTS[1], EditRequest(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target="Rome")]
+
+
+def subject_batch(model):
+    """:data:`SUBJECT_REQUESTS` encoded with their subjects located, and their pairs."""
+    pairs = [(r.prompt, r.target) for r in SUBJECT_REQUESTS]
+    return encode_answers(model, pairs, [r.subject for r in SUBJECT_REQUESTS]), pairs
+
+
 def test_subject_positions_add_the_subjects_last_token(tiny_llama):
     from kedsl.toolkit.tokens import encode_with_subject
 
     model = sharpen(tiny_llama)
-    requests = [REQUESTS[1], EditRequest(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target="Rome")]
-    pairs = [(r.prompt, r.target) for r in requests]
-    batch = encode_answers(model, pairs, [r.subject for r in requests])
+    requests = SUBJECT_REQUESTS
+    batch, pairs = subject_batch(model)
     keep = batch.predicting_and_subject()
     added = 0
     for row, r in enumerate(requests):  # the subject's last token, unless it already predicts the answer
@@ -234,9 +243,8 @@ def test_subject_positions_add_the_subjects_last_token(tiny_llama):
 
 def test_subject_key_asks_the_first_answer_token_of_the_subject(tiny_llama):
     model = sharpen(tiny_llama)
-    requests = [REQUESTS[1], EditRequest(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", target="Rome")]
-    pairs = [(r.prompt, r.target) for r in requests]
-    batch = encode_answers(model, pairs, [r.subject for r in requests])
+    requests = SUBJECT_REQUESTS
+    batch, pairs = subject_batch(model)
     keyed = batch.subject_keyed()
     both = batch.predicting_and_subject()
     for row in range(len(requests)):
