@@ -236,6 +236,49 @@ def test_memit_target_search_in_chunks_still_writes_every_fact(tiny_llama):
         assert s.predicted == s.target_ids
 
 
+SAME_SUBJECT = [
+    EditRequest(subject="Toyota", prompt="The headquarters of Toyota", target="Paris"),
+    EditRequest(subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux", target="French"),
+    EditRequest(subject="Toyota", prompt="The founder of Toyota", target="Paris"),
+    EditRequest(subject="Toyota", prompt="The city of Toyota", target="Paris"),
+]
+
+
+def test_subject_groups_and_search_chunks_keep_a_subject_whole():
+    from kedsl.toolkit.multilayer import search_chunks, subject_groups
+
+    assert subject_groups(SAME_SUBJECT) == [0, 1, 0, 0]
+    assert search_chunks([0, 1, 0, 0], 2) == [[0, 2, 3], [1]]  # a group larger than the chunk stays whole
+    assert search_chunks([0, 1, 2, 1], 2) == [[0], [1, 3], [2]]
+    assert search_chunks([0, 1, 2, 3, 4], 2) == [[0, 1], [2, 3], [4]]  # a fact per group: consecutive chunks
+    assert search_chunks([0, 1, 0], 0) == [[0, 2, 1]]
+
+
+def test_joint_subjects_search_one_shift_per_subject_that_serves_all_its_facts(tiny_llama):
+    """With ``joint_subjects`` the facts of one subject get one δ (searched over all their
+    prompts, the chunks holding whole subjects) that writes every one of their targets,
+    and the results come back in request order; without it each fact has its own δ."""
+    from kedsl.toolkit.multilayer import current_outputs, search_targets
+    from kedsl.toolkit.optimize import ValueSearchConfig
+
+    model = sharpen(tiny_llama)
+    layer, cfg = 2, ValueSearchConfig(steps=30, lr=0.5, clamp_norm_factor=1e4, weight_decay=0.0, bf16=False)
+    h = current_outputs(model, layer, SAME_SUBJECT)
+    joint = search_targets(model, SAME_SUBJECT, ["{}"], layer, cfg, chunk=2, joint_subjects=True)
+    shift = joint.z - h  # δ per fact, added at each prompt's own subject token
+    assert torch.allclose(shift[:, 0], shift[:, 2]) and torch.allclose(shift[:, 0], shift[:, 3])
+    assert not torch.allclose(shift[:, 0], shift[:, 1], atol=1e-3)
+    assert len(joint.loss) == 2  # chunks [0, 2, 3] and [1]
+    alone = search_targets(model, SAME_SUBJECT, ["{}"], layer, cfg, chunk=2)
+    assert not torch.allclose((alone.z - h)[:, 0], (alone.z - h)[:, 2], atol=1e-3)
+    # the lone subject's fact is searched as it would be without groups
+    assert torch.allclose(joint.z[:, 1], alone.z[:, 1], atol=1e-5)
+    outcome = run_memit(model, SAME_SUBJECT, joint_subjects=True, v_steps=60)
+    assert len(outcome.info["search_target_prob"]) == len(SAME_SUBJECT)
+    for s in teacher_forced(model, [(r.prompt, r.target) for r in SAME_SUBJECT]):
+        assert s.predicted == s.target_ids
+
+
 def test_a_second_spread_pass_closes_what_the_first_left(tiny_llama):
     model = sharpen(tiny_llama)
     heavy = dict(mom2_update_weight=50.0, v_steps=10)  # a strong λ leaves a clear gap after one pass

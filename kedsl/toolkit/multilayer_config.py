@@ -41,6 +41,7 @@ class MultiLayerConfig(MethodConfig):
     context_lengths: list[int] = param([5, 10], "token lengths of the generated context templates")
     seed: int | None = param(None, "seed for context templates and the statistics corpus (default: the run's seed)", min=0)
     v_batch: int = param(10, "facts per target-search batch (0: all at once); smaller bounds memory (the search's rows are facts x templates)", min=0)
+    joint_subjects: bool = param(False, "facts of one subject in a batch share one target shift, searched over all their prompts (their keys at the subject are nearly one, so separate shifts would be averaged)")
     spread_passes: int = param(1, "passes of the layer-by-layer update; a later pass spreads the gap to the targets the earlier left", min=1, max=10)
     bf16: bool | None = param(None, "bf16 autocast in the target search (default: on only where the CPU has native bf16, AMX or AVX512-BF16; off = exact fp32)")
 

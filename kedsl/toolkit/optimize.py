@@ -192,17 +192,27 @@ def search_values(
     templates: Sequence[str],
     config: ValueSearchConfig | None = None,
     direction: torch.Tensor | None = None,
+    groups: Sequence[int] | None = None,
 ) -> ValueSearchResult:
     """Find ``δ`` per fact (see the module docstring). ``templates[0]`` must be ``"{}"``:
     the plain prompt gives ``initial``. With ``direction`` (one fact only: the rank-one
     edit's input direction, shape ``(d_in,)``) ``δ`` is applied as the weight edit
     ``δ directionᵀ`` at every token instead of added at the subject's last token. The
-    model's weights are unchanged on return."""
+    model's weights are unchanged on return.
+
+    ``groups`` (one group index per fact, ``0..g-1``; default: a group per fact) makes the
+    facts of a group share one ``δ``: it minimises the sum of their losses (its weight
+    decay and norm bound taken against their mean ``‖v₀‖``), stops when all of them are
+    done, and is returned for each of them (see
+    :func:`kedsl.toolkit.multilayer.subject_groups`)."""
     cfg = config or ValueSearchConfig()
     if not templates or templates[0] != "{}":
         raise ValueError('the first context template must be the plain "{}"')
     if direction is not None and len(facts) != 1:
         raise ValueError("a rank-one direction applies to a single fact's search")
+    fact_group = list(range(len(facts))) if groups is None else list(groups)
+    if len(fact_group) != len(facts) or sorted(set(fact_group)) != list(range(len(set(fact_group)))):
+        raise ValueError("groups must give each fact a group index, numbering the groups 0..g-1")
     t_start = time.perf_counter()
     tok = model.tokenizer
     dev = model.device
@@ -298,10 +308,11 @@ def search_values(
         )
 
     n_facts = len(facts)
-    everyone = list(range(n_facts))
+    n_groups = max(fact_group) + 1
+    members = [[f for f in range(n_facts) if fact_group[f] == g] for g in range(n_groups)]
     bf16_weights = linear_weights_as(net, torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     with frozen(model), bf16_weights:
-        lay = layout(everyone)
+        lay = layout(list(range(n_facts)))
         with torch.no_grad(), trace(model, [path], inputs=False, outputs=True) as rec, autocast:
             out0 = lay.forward(net)
         y0 = rec.outputs[path].float()
@@ -310,21 +321,25 @@ def search_values(
         kl_ref[lay.kl_fact] = torch.log_softmax(out0.logits[lay.kl_rows, -1].float(), dim=-1)
         del out0, y0
 
-        deltas = torch.zeros_like(initial, requires_grad=True)
+        group_of = torch.tensor(fact_group, device=dev)
+        count = torch.zeros(n_groups, device=dev).index_add(0, group_of, torch.ones(n_facts, device=dev))
+        init_norm = torch.zeros(n_groups, device=dev).index_add(0, group_of, initial.norm(dim=-1)) / count
+        deltas = torch.zeros(n_groups, initial.shape[1], device=dev, requires_grad=True)
         opt = torch.optim.Adam([deltas], lr=cfg.lr)
-        max_norm = cfg.clamp_norm_factor * initial.norm(dim=-1)
-        init_sq = (initial.norm(dim=-1) ** 2).clamp(min=1e-12)
+        max_norm = cfg.clamp_norm_factor * init_norm
+        init_sq = (init_norm**2).clamp(min=1e-12)
         res = ValueSearchResult(deltas=initial, initial=initial)
-        best_loss = torch.full((n_facts,), float("inf"), device=dev)
-        best_delta = torch.zeros_like(initial)
+        best_loss = torch.full((n_groups,), float("inf"), device=dev)
+        best_delta = torch.zeros(n_groups, initial.shape[1], device=dev)
         best_nll = torch.zeros(n_facts, device=dev)
-        active = everyone
+        active = list(range(n_groups))
+        row_delta = group_of[lay.row_fact]
         for step in range(cfg.steps + 1):
             act = torch.tensor(active, device=dev)
             if direction is not None:
-                perturb = add_rank_one(model, path, deltas[lay.row_fact], direction)
+                perturb = add_rank_one(model, path, deltas[row_delta], direction)
             else:
-                perturb = add_at(model, path, lay.rows, lay.cols, deltas[lay.row_fact])
+                perturb = add_at(model, path, lay.rows, lay.cols, deltas[row_delta])
             with perturb, autocast, attention_for_backward(dev):
                 logits = lay.forward(net).logits
             # log-softmax only where the loss looks (target tokens, the KL rows' last
@@ -336,33 +351,34 @@ def search_values(
             del logits
             ref = kl_ref[lay.kl_fact]
             kl_f = torch.zeros(n_facts, device=dev).index_add(0, lay.kl_fact, (ref.exp() * (ref - kl_lp)).sum(-1))
-            wd_f = cfg.weight_decay * (deltas.norm(dim=-1) ** 2) / init_sq
-            loss_f = nll_f + cfg.kl_factor * kl_f + wd_f
-            loss = loss_f[act].sum()
+            wd_g = cfg.weight_decay * (deltas.norm(dim=-1) ** 2) / init_sq
+            loss_g = torch.zeros(n_groups, device=dev).index_add(0, group_of, nll_f + cfg.kl_factor * kl_f) + wd_g
+            loss = loss_g[act].sum()
             with torch.no_grad():
-                better = torch.zeros(n_facts, dtype=torch.bool, device=dev)
-                better[act] = loss_f[act] < best_loss[act]
-                best_loss = torch.where(better, loss_f, best_loss)
+                better = torch.zeros(n_groups, dtype=torch.bool, device=dev)
+                better[act] = loss_g[act] < best_loss[act]
+                best_loss = torch.where(better, loss_g, best_loss)
                 best_delta[better] = deltas[better]
-                best_nll = torch.where(better, nll_f, best_nll)
+                best_nll = torch.where(better[group_of], nll_f, best_nll)
                 # a fact is done when its mean NLL is below tol and the plain prompt's
-                # every target token is the argmax
+                # every target token is the argmax; a group when all its facts are
                 miss = tgt_lp[lay.g_plain].argmax(-1) != lay.g_tok[lay.g_plain]
                 plain_ok = torch.ones(n_facts, dtype=torch.bool, device=dev)
                 plain_ok[lay.g_fact[lay.g_plain][miss]] = False
-                done = [f for f in active if float(nll_f[f]) < cfg.nll_tol and bool(plain_ok[f])]
-                for f in done:  # converged: the current δ
-                    best_delta[f] = deltas[f]
-                    best_nll[f] = nll_f[f]
+                done = [g for g in active if all(float(nll_f[f]) < cfg.nll_tol and bool(plain_ok[f]) for f in members[g])]
+                for g in done:  # converged: the current δ
+                    best_delta[g] = deltas[g]
+                    for f in members[g]:
+                        best_nll[f] = nll_f[f]
             res.loss.append(float(loss.detach()))
             res.nll.append(nll_f.detach().tolist())
             log.debug("v search step %d: loss %.4f, %d active, %d converged now", step, float(loss.detach()), len(active), len(done))
-            active = [f for f in active if f not in set(done)]
+            active = [g for g in active if g not in set(done)]
             if not active or step == cfg.steps:
                 break
-            if done:  # each fact stops on its own: drop the converged facts' rows
-                loss = loss_f[torch.tensor(active, device=dev)].sum()
-                lay_next = layout(active)
+            if done:  # each group stops on its own: drop the converged groups' rows
+                loss = loss_g[torch.tensor(active, device=dev)].sum()
+                lay_next = layout([f for g in active for f in members[g]])
             else:
                 lay_next = lay
             opt.zero_grad()
@@ -370,11 +386,12 @@ def search_values(
             opt.step()
             res.steps = step + 1
             lay = lay_next
+            row_delta = group_of[lay.row_fact]
             with torch.no_grad():
                 norms = deltas.norm(dim=-1)
                 scale = torch.where(norms > max_norm, max_norm / norms.clamp(min=1e-12), torch.ones_like(norms))
                 deltas.mul_(scale[:, None])
-    res.deltas = best_delta.detach().clone()
+    res.deltas = best_delta.detach()[group_of].clone()
     res.target_prob = torch.exp(-best_nll.detach()).tolist()
     res.seconds = time.perf_counter() - t_start
     return res
