@@ -162,3 +162,29 @@ def test_replaying_the_blocks_below_trains_the_same_memory_as_full_passes(tiny_t
     monkeypatch.setattr(W, "below_replayed", lambda model, layer, go: contextlib.nullcontext())
     full = run(sharpen(make_tiny_llama(tiny_tokenizer))).attachments[0]
     assert torch.equal(replayed.values, full.values) and replayed.score == full.score
+
+
+def test_questions_give_a_new_draw_for_each_edit_from_the_shipped_corpus():
+    from kedsl.toolkit.stats import SHIPPED_CORPORA
+
+    corpus = set(SHIPPED_CORPORA["questions"].read_text(encoding="utf-8").splitlines())
+    first, again, second = (unrelated_prompts([EDIT], 16, 0, "questions", draw=d) for d in (0, 0, 1))
+    assert first == again and first != second  # seeded, and keyed by the draw
+    assert len(first) == 16 and set(first) <= corpus and set(second) <= corpus
+    assert unrelated_prompts([EDIT], 16, 0) == unrelated_prompts([EDIT], 16, 0, draw=5)  # known facts: one draw for every edit
+    edited = EditRequest(subject="x", prompt=first[0], target="y")
+    assert first[0] not in unrelated_prompts([edited], 1000, 0, "questions")  # never an edited prompt
+
+
+@pytest.mark.parametrize("margin", ["this_edit", "all_edits"])
+def test_the_margin_against_all_edits_keeps_unrelated_prompts_below_the_routers_threshold(tiny_llama, margin):
+    model = sharpen(tiny_llama)
+    (weak,) = run(model, (EDIT,), margin_against=margin).attachments
+    assert weak.score > 15.0
+    weak.score = 10.0  # as if the first edit had reached about half its score: the router's threshold halves
+    info = run(model, (SECOND,), margin_against=margin).info
+    assert info["threshold"] == pytest.approx(0.88 * weak.score)
+    if margin == "all_edits":
+        assert info["unrelated_score_max"] < info["threshold"]  # unrelated prompts stay on the main memory
+    else:
+        assert info["unrelated_score_max"] > info["threshold"]  # separated from its own score only: they would route

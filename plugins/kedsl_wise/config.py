@@ -8,6 +8,10 @@ from typing import ClassVar
 from kedsl.plugin import Depth, MethodConfig, Preset, param
 
 
+UNRELATED_SOURCES = ("known_facts", "questions")
+MARGINS = ("this_edit", "all_edits")
+
+
 @dataclass
 class WiseConfig(MethodConfig):
     """WISE's configuration: where the side memory is, how an edit trains it, how the
@@ -28,7 +32,9 @@ class WiseConfig(MethodConfig):
     routing_weight: float = param(1.0, "weight of the routing loss beside the target NLL", min=0.0)
     act_ratio: float = param(0.88, "the router's threshold: this share of the lowest installed edit's activation score", min=0.0, max=1.0)
     after_answer: bool = param(True, "train the router to stay off at the position after each answer too, so that generation stops routing once the answer is out")
-    unrelated: int = param(16, "unrelated prompts (kedsl's known-fact prompts) that train the router to stay off", min=1, max=90)
+    unrelated: int = param(16, "unrelated prompts that train the router to stay off", min=1, max=1000)
+    unrelated_from: str = param("known_facts", "where the unrelated prompts come from: 'known_facts' (kedsl's 90 known-fact prompts, one seeded draw that every edit shares) or 'questions' (the 1,000 Natural Questions shipped with kedsl from a zsRE training file, a new seeded draw for each edit)", type="str", choices=UNRELATED_SOURCES)
+    margin_against: str = param("this_edit", "what the unrelated prompts' scores must stay below while an edit trains: 'this_edit' (act_ratio x this edit's lowest score) or 'all_edits' (the router's threshold once the edit is installed: act_ratio x the lowest score of every edit in the memory)", type="str", choices=MARGINS)
     seed: int | None = param(None, "seed of the shards' masks and the unrelated prompts' choice (default: the run's seed)", min=0)
 
 

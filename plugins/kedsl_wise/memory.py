@@ -144,6 +144,10 @@ class SideMemory:
             self._delta = ties_merge([self._shards[s] for s in sorted(self._shards)], density)
         return self._delta
 
+    def lowest_score(self) -> float | None:
+        """The lowest score an installed edit reached on its own inputs, None with none installed."""
+        return min((o.score for o in self._owners.values()), default=None)
+
     def threshold(self) -> float:
         """``act_ratio`` (of the latest edit) x the lowest installed edit's own score."""
         owners = list(self._owners.values())

@@ -20,9 +20,17 @@ The module's inputs do not depend on its own output, so they are read once, befo
 training, and the scores cost one matrix product per step; the blocks below the layer
 are run once too, their outputs replayed at every step. Training stops when the NLL is
 below ``nll_tol`` and the router separates the two (``act_ratio`` x the lowest edit score
-above the highest unrelated one); the margins keep pushing until then. The unrelated prompts are kedsl's known-fact
-prompts (``kedsl/toolkit/known_facts.json``), a seeded choice that leaves out any prompt
-the edit itself uses.
+above the highest unrelated one); the margins keep pushing until then. With
+``margin_against="all_edits"`` "the lowest edit score" is the lowest of every edit in the
+memory, this one included: the router's threshold once this edit is installed, which is
+what decides the unrelated prompts' routing later (with ``this_edit`` an edit can stop
+while unrelated prompts already score above a threshold an earlier, weaker edit set).
+
+The unrelated prompts are a seeded choice that leaves out any prompt the edit itself uses:
+of kedsl's known-fact prompts (``kedsl/toolkit/known_facts.json``, the same draw for every
+edit), or of the shipped Natural Questions (``unrelated_from="questions"``, a zsRE training
+file's locality prompts; a new draw for each edit, keyed by the number of edits already in
+the memory, so that a sequence sees many of them and a rerun the same ones).
 """
 from __future__ import annotations
 
@@ -42,6 +50,7 @@ from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Met
 from kedsl.toolkit.activations import StopForward, below_replayed, make_batch, pad_id, trace
 from kedsl.toolkit.gradients import encode_answers
 from kedsl.toolkit.objectives import masked_target_loss
+from kedsl.toolkit.stats import SHIPPED_CORPORA
 
 from .config import WiseConfig
 from .memory import WiseMemory, mask_seed, module_shape, shard_mask, side_memory
@@ -51,12 +60,20 @@ log = logging.getLogger(__name__)
 KNOWN_FACTS = Path(kedsl.toolkit.__file__).parent / "known_facts.json"
 
 
-def unrelated_prompts(requests: list[EditRequest], count: int, seed: int) -> list[str]:
-    """``count`` known-fact prompts, a seeded choice, none of them an edited prompt."""
-    facts = json.loads(KNOWN_FACTS.read_text(encoding="utf-8"))["facts"]
-    edited = {r.prompt for r in requests}
-    prompts = sorted({f["prompt"] for f in facts} - edited)
-    return random.Random(seed).sample(prompts, min(count, len(prompts)))
+def unrelated_prompts(requests: list[EditRequest], count: int, seed: int, source: str = "known_facts", draw: int = 0) -> list[str]:
+    """``count`` prompts of ``source`` (see the module doc), a seeded choice, none of them
+    an edited prompt; ``draw`` (only read for ``questions``) picks a new choice."""
+    if source == "known_facts":
+        pool = {f["prompt"] for f in json.loads(KNOWN_FACTS.read_text(encoding="utf-8"))["facts"]}
+        rng = random.Random(seed)
+    elif source == "questions":
+        lines = SHIPPED_CORPORA["questions"].read_text(encoding="utf-8").splitlines()
+        pool = {line.strip() for line in lines if line.strip()}
+        rng = random.Random(seed * 1_000_003 + draw)
+    else:
+        raise AssertionError(f"unknown unrelated source {source!r}: the config's choices let it through")
+    prompts = sorted(pool - {r.prompt for r in requests})
+    return rng.sample(prompts, min(count, len(prompts)))
 
 
 @torch.no_grad()
@@ -113,7 +130,8 @@ class Wise(Method):
         rows_at = torch.arange(len(requests), device=last.device)
         x_after, o_after = x_all[rows_at, last], o_all[rows_at, last].norm(dim=-1)
         tok = model.tokenizer
-        rows = [tok(p, add_special_tokens=True)["input_ids"] for p in unrelated_prompts(requests, cfg.unrelated, cfg.seed)]
+        unrelated = unrelated_prompts(requests, cfg.unrelated, cfg.seed, cfg.unrelated_from, draw=len(memory))
+        rows = [tok(p, add_special_tokens=True)["input_ids"] for p in unrelated]
         batch = make_batch(rows, pad_id(tok), model.device, side="left")
         x_u, o_u = module_io(model, path, batch.inputs())
         real = batch.attention_mask.bool()
@@ -122,6 +140,8 @@ class Wise(Method):
             x_u, o_u = torch.cat([x_u, x_after]), torch.cat([o_u, o_after])
 
         values = torch.zeros(shape, device=model.device, requires_grad=True)
+        # the lowest score the router's threshold will also be taken from (margin_against="all_edits")
+        floor = memory.lowest_score() if cfg.margin_against == "all_edits" else None
 
         def trial() -> torch.Tensor:  # the memory every training forward uses
             return base + values * mask
@@ -142,10 +162,11 @@ class Wise(Method):
                     nll = masked_target_loss(model, requests)
                     d = trial()
                     s_e, s_u = scores(x_e, o_e, d), scores(x_u, o_u, d)
+                    low = s_e.min() if floor is None else torch.clamp(s_e.min(), max=floor)
                     routing = (F.relu(cfg.edit_score - s_e).mean() + F.relu(s_u - cfg.unrelated_score).mean()
-                               + F.relu(cfg.score_gap - (s_e.min() - s_u.max())))  # fmt: skip
+                               + F.relu(cfg.score_gap - (low - s_u.max())))  # fmt: skip
                     history.append((float(nll.detach()), float(routing.detach())))
-                    separated = cfg.act_ratio * float(s_e.detach().min()) > float(s_u.detach().max())  # the router would split them
+                    separated = cfg.act_ratio * float(low.detach()) > float(s_u.detach().max())  # the router would split them
                     if history[-1][0] < cfg.nll_tol and separated:
                         break
                     (nll + cfg.routing_weight * routing).backward()
@@ -160,7 +181,7 @@ class Wise(Method):
             unrelated_max = float(scores(x_u, o_u, base + trained).max())
         seconds = time.perf_counter() - start
         nll_end, routing_end = history[-1]
-        if cfg.act_ratio * score <= unrelated_max:
+        if cfg.act_ratio * (score if floor is None else min(score, floor)) <= unrelated_max:
             log.warning("wise layer %d: the router does not separate the edit (score %.3f, threshold share %g) from unrelated "
                         "prompts (up to %.3f) after %d steps", cfg.layer, score, cfg.act_ratio, unrelated_max, len(history))  # fmt: skip
         elif nll_end >= cfg.nll_tol:
