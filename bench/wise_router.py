@@ -22,7 +22,7 @@ from kedsl.model.loading import load_model
 from kedsl.registry.loader import get_registry
 from kedsl.toolkit.gradients import encode_answers
 from kedsl_wise.memory import side_memory
-from kedsl_wise.wise import module_io
+from kedsl_wise.wise import module_io, scores
 
 ROOT = Path(__file__).resolve().parent.parent
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -34,7 +34,7 @@ def answer_scores(model, path: str, delta: torch.Tensor, pairs: list[tuple[str, 
     for i in range(0, len(pairs), batch):
         answers = encode_answers(model, pairs[i : i + batch])
         x, o = module_io(model, path, {"input_ids": answers.ids, "attention_mask": answers.mask})
-        s = (x @ delta.T).norm(dim=-1) / o.norm(dim=-1).clamp(min=1e-12)
+        s = scores(x, o.norm(dim=-1), delta)
         at = answers.predicting()
         out += [s[r][at[r]].tolist() for r in range(len(answers.ids))]
     return out

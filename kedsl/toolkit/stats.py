@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import torch
 
@@ -118,13 +118,18 @@ def _model_corpus_rows(model: LoadedModel, samples: int, seed: int) -> list[list
     return rows
 
 
+def file_texts(path: Path) -> Iterator[str]:
+    """The texts of a corpus file: each non-empty line of a .txt, each line's ``text`` of a .jsonl."""
+    lines = (l for l in path.read_text().splitlines() if l.strip())
+    if path.suffix == ".jsonl":
+        return (json.loads(l)["text"] for l in lines)
+    return lines
+
+
 def _text_rows(model: LoadedModel, corpus: str, samples: int, max_len: int) -> Iterable[list[int]]:
     p = SHIPPED_CORPORA.get(corpus) or Path(corpus).expanduser()
     if p.exists():
-        if p.suffix == ".jsonl":
-            texts: Iterable[str] = (json.loads(l)["text"] for l in p.read_text().splitlines() if l.strip())
-        else:
-            texts = (l for l in p.read_text().splitlines() if l.strip())
+        texts: Iterable[str] = file_texts(p)
     else:
         try:
             import datasets

@@ -50,7 +50,7 @@ from kedsl.plugin import EditContext, EditOutcome, EditRequest, LoadedModel, Met
 from kedsl.toolkit.activations import StopForward, below_replayed, make_batch, pad_id, trace
 from kedsl.toolkit.gradients import encode_answers
 from kedsl.toolkit.objectives import masked_target_loss
-from kedsl.toolkit.stats import SHIPPED_CORPORA
+from kedsl.toolkit.stats import SHIPPED_CORPORA, file_texts
 
 from .config import WiseConfig
 from .memory import WiseMemory, mask_seed, module_shape, shard_mask, side_memory
@@ -67,8 +67,7 @@ def unrelated_prompts(requests: list[EditRequest], count: int, seed: int, source
         pool = {f["prompt"] for f in json.loads(KNOWN_FACTS.read_text(encoding="utf-8"))["facts"]}
         rng = random.Random(seed)
     elif source == "questions":
-        lines = SHIPPED_CORPORA["questions"].read_text(encoding="utf-8").splitlines()
-        pool = {line.strip() for line in lines if line.strip()}
+        pool = set(file_texts(SHIPPED_CORPORA["questions"]))
         rng = random.Random(seed * 1_000_003 + draw)
     else:
         raise AssertionError(f"unknown unrelated source {source!r}: the config's choices let it through")
