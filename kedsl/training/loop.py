@@ -160,8 +160,9 @@ def train(
     hparams = trainer_class.config.from_params(resolved, settings.seed)
     if not data:
         raise UsageError("kedsl train needs at least one --data file")
-    files = [{"path": str(Path(p).absolute()), "sha256": data_sha256(p)} for p in data]
-    val_file = {"path": str(Path(val).absolute()), "sha256": data_sha256(val)} if val is not None else None
+    # resolved: one file has one name (and a resumed run one identity) however it was given
+    files = [{"path": str(Path(p).resolve()), "sha256": data_sha256(p)} for p in data]
+    val_file = {"path": str(Path(val).resolve()), "sha256": data_sha256(val)} if val is not None else None
     training_spec = {
         "method": method, "base_model": {"ref": model.ref, "fingerprint": base_fingerprint(model)}, "data": files,
         "val": val_file, "hparams": {k: v for k, v in asdict(hparams).items()}, "loop": asdict(settings),
