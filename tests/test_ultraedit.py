@@ -167,6 +167,36 @@ def test_retain_sums_earlier_keys_and_holds_their_outputs(tiny_llama):
     assert moved[100.0] < 0.2 * moved[0.0]
 
 
+def test_retain_scale_turn_weighs_earlier_keys_as_one_turn_of_this_size(tiny_llama):
+    # "turn" must equal "sum" with retain scaled by (this turn's tokens / the earlier turns'),
+    # and must not be "sum" itself: the second turn is five times as long as the first, so
+    # "turn" holds the first edit's outputs harder
+    model = sharpen(tiny_llama)
+    names = kedsl_ultraedit.config.UltraEditConfig.from_params(params()).weight_names(model)
+    longer = EditRequest(subject="Toyota", prompt="The headquarters of Toyota", target="Paris in France")
+    deltas, moved, counts = {}, {}, {}
+    for scale, retain in (("turn", 1.0), ("sum", None), ("sum", 1.0)):
+        state: dict = {}
+        one, _ = run(model, REQUESTS[:1], state, retain=1.0, retain_scale=scale)
+        earlier = float(state[f"{names[0]}.count"])
+        first = {n: state[f"{n}.keys"].clone() for n in names}  # the first turn's K^T K
+        if retain is None:  # the equivalent plain sum, from the token counts of the "turn" run
+            retain = counts["now"] / counts["earlier"]
+        two, _ = run(model, [longer], state, retain=retain, retain_scale=scale)
+        counts = {"earlier": earlier, "now": float(state[f"{names[0]}.count"]) - earlier} if scale == "turn" else counts
+        deltas[(scale, retain)] = {n: two.changes[n].delta.double().clone() for n in names}
+        # |K dW^T|^2 = trace(dW K^T K dW^T): how far the second turn moved the first edit's outputs
+        moved[(scale, retain)] = sum(float(torch.trace(d @ first[n] @ d.T)) for n, d in deltas[(scale, retain)].items())
+        two.undo(model)
+        one.undo(model)
+    assert counts["now"] > 2 * counts["earlier"]
+    (turn, equivalent, plain) = deltas.values()
+    for n in names:
+        torch.testing.assert_close(turn[n], equivalent[n], rtol=1e-4, atol=1e-7)
+    moved_turn, _, moved_sum = moved.values()
+    assert moved_turn < 0.8 * moved_sum
+
+
 def test_context_prefixes_train_each_edit_in_more_contexts(tiny_llama):
     model = sharpen(tiny_llama)
     plain, _ = run(model, steps=1)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 PROJECTIONS = ("input", "output", "both", "gate_up")
 POSITIONS = ("answer", "subject", "subject_key")
+RETAIN_SCALES = ("sum", "turn")
 
 
 @dataclass
@@ -31,6 +32,7 @@ class UltraEditConfig(MethodConfig):
     stats_corpus: str = param("model", "statistics corpus for C: 'model' (sampled from the model), 'questions' (1,000 Natural Questions shipped with kedsl), a .txt/.jsonl file, or a datasets name")
     positions: str = param("answer", "token positions whose inputs and gradients a turn takes: 'answer' (those predicting an answer token, the paper's), 'subject' (those and the subject's last token, where ROME keys its edit: a paraphrase that keeps the subject finds the change there), or 'subject_key' (as 'subject' but without the prompt's last position: the first answer token is asked of the subject alone)", type="str", choices=POSITIONS)
     retain: float = param(0.0, "weight of the earlier turns' own inputs K in (X^T X + ridge I + preserve C + retain K^T K) dW^T = X^T V: holds the outputs at earlier edits' answer positions in place (0: the paper; 1: as much as this turn's fit). K^T K is a running d_in x d_in sum, so memory does not grow with the edits", min=0.0)
+    retain_scale: str = param("sum", "how the earlier turns' K^T K is weighed in the solve: 'sum' (as it is: every earlier token counts like one of this turn's, so the earlier turns outweigh a new one more with every turn) or 'turn' (scaled to this turn's token count: retain times the earlier keys' mean second moment, the same weight after 2 turns as after 100)", type="str", choices=RETAIN_SCALES)
     context_count: int = param(0, "generated prefixes per length each edit is also trained behind, as ROME's context templates (0: the plain prompt only, the paper)", min=0, max=20)
     context_lengths: list[int] = param([5], "token lengths of the generated prefixes (with context_count > 0)")
     steps: int = param(1, "closed-form steps per turn, each from the gradients at the weights the previous step left (1: the paper's single step; the statistics take the first step's factors only)", min=1, max=20)
@@ -112,7 +114,10 @@ PRESETS: tuple[Preset, ...] = (
             "model (the corpus before): preserve 2000 76.1/54.9/82.9; without preserve 90.3/60.8/71.6; steps 3: 83.0/59.3/75.5, with preserve 500 "
             "69.0/56.6/83.2, with ridge 100 40.8/37.0/84.9, with ridge 0.01 78.8/57.8/52.1, output projections "
             "71.2/50.3/81.2; lr 5e-5 steps 3 preserve 2000 66.2/55.2/82.8. Held-out 1,000 edits (ZsRE 500-1499): "
-            "90.9/55.4/83.4; no setting tried reaches 0.7 generalization"
+            "90.9/55.4/83.4; no setting tried reaches 0.7 generalization. Later (bench/results/ultraedit/layers/, "
+            "retain_scale/): one turn of 100 on tuning 0-99 with layers 10..22 94.4/72.2/91.3, 2..10 62.5/57.9/88.5, "
+            "4..16 78.2/65.1/91.9, 2..22 88.8/75.2/84.7, 14..26 96.8/73.0/88.6; tuning 0-499 in turns of 100 "
+            "(498 edits): this setting 94.1/59.2/83.8, with retain_scale turn 91.9/61.3/82.4"
         ),
     ),
     Preset(

@@ -21,6 +21,9 @@ the number of edits. With ``retain`` > 0 the state also holds ``<weight>.keys``,
 ``X^T X`` over all earlier turns (``d_in x d_in``), and the solve adds ``retain`` times it:
 a later turn then moves the outputs at earlier edits' answer positions as little as it can
 (MEMIT's and AlphaEdit's treatment of earlier keys, here at UltraEdit's fixed cost).
+As a sum, that term outweighs a new turn more with every turn, and a new edit's change is
+pushed into directions no earlier key uses; ``retain_scale="turn"`` weighs it as one turn
+of the new turn's size instead.
 With ``positions="subject"`` a turn also takes the subject's last token, where ROME keys
 its edit, besides the answer positions the paper takes; with ``"subject_key"`` the subject's
 last token replaces the prompt's last position, so the first answer token is asked of the
@@ -112,6 +115,19 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
     return x.T @ x
 
 
+def _retain_factor(state: dict[str, Any], name: str, tokens: int, scale: str) -> float:
+    """What the earlier turns' ``K^T K`` is multiplied by before ``retain``: 1 with
+    ``scale="sum"``; with ``"turn"``, this turn's token count over the earlier turns' (the
+    count of the running statistics before this turn folds in), so that ``retain`` weighs
+    the earlier keys' mean second moment as if it were one turn of this size."""
+    if scale == "sum":
+        return 1.0
+    earlier_tokens = float(state[f"{name}.count"])
+    if earlier_tokens <= 0:
+        raise RuntimeError(f"ultraedit: {name} has retained keys but no tokens behind its running statistics")
+    return tokens / earlier_tokens
+
+
 class UltraEdit(Method):
     """The method class named by kedsl_ultraedit's MethodSpec."""
 
@@ -150,7 +166,7 @@ class UltraEdit(Method):
                     new_state.update({f"{name}.mean": mean, f"{name}.m2": m2, f"{name}.count": count})
                     if cfg.retain > 0:
                         earlier = context.state.get(f"{name}.keys")
-                        held[name] = None if earlier is None else cfg.retain * earlier
+                        held[name] = None if earlier is None else cfg.retain * earlier * _retain_factor(context.state, name, tokens, cfg.retain_scale)
                         if preserved[name] is not None:
                             held[name] = preserved[name] if held[name] is None else held[name] + preserved[name]
                         # a new tensor: the executor's rollback restores the one it snapshotted
