@@ -28,7 +28,7 @@ METRICS = "efficacy,generalization,locality,efficacy_gen"
 
 
 def cell_path(args: argparse.Namespace, value: str) -> Path:
-    extra = "".join(f",{s}" for s in args.set)
+    extra = "".join(f",{s}" for s in args.set).replace("/", "_")  # a path given with --set stays one file name
     return args.out / args.model / args.method / f"{args.param}={value}{extra}.json"
 
 
