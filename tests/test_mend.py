@@ -55,6 +55,22 @@ def test_training_lowers_the_validation_edit_loss(trained):
     assert [d["sha256"] for d in editor["data"]] and editor["base_model"]["fingerprint"]
 
 
+@pytest.mark.parametrize("lr_lr", [None, 0.0])
+def test_the_step_sizes_train_at_their_own_rate(tiny_tokenizer, tmp_path, lr_lr):
+    from safetensors.torch import load_file
+
+    model = make_tiny_llama(tiny_tokenizer)
+    params = {**HPARAMS, **({"lr_lr": lr_lr} if lr_lr is not None else {})}
+    train(model, Registry(), "mend", DATA, tmp_path / "e", params=params, settings=quick(3, val_every=3))
+    now = load_file(str(tmp_path / "e" / "checkpoint.safetensors"))  # the trained tensors after the last step
+    steps = [float(now[f"param/layer.{layer}.lr"]) for layer in HPARAMS["layers"]]
+    assert float(now["param/net.128x64.w2"].abs().max()) > 0  # the network trained either way
+    if lr_lr == 0.0:
+        assert steps == [torch.tensor(1e-4).item()] * 2
+    else:  # at the loop's rate (1e-3), three Adam steps move a step size of 1e-4 by far more than itself
+        assert all(abs(s - 1e-4) > 1e-4 for s in steps), steps
+
+
 def test_the_gradient_factors_are_the_weight_gradient(tiny_llama):
     batch = G.encode_answers(tiny_llama, [(EIFFEL.prompt, EIFFEL.target), ("The Louvre is located in the city of", "Paris")])
     factors = E.gradient_factors(tiny_llama, batch, [2])

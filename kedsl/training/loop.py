@@ -192,7 +192,7 @@ def train(
     trainer = trainer_class(model, hparams)
     trained = trainer.parameters()
     names = sorted(trained)
-    optimizer = torch.optim.Adam([trained[n] for n in names], lr=settings.lr)
+    optimizer = torch.optim.Adam(param_groups(trainer, names, settings.lr), lr=settings.lr)
     state = LoopState()
     best: dict[str, torch.Tensor] = {n: trained[n].detach().clone() for n in names}
     ckpt = out / CHECKPOINT
@@ -224,6 +224,19 @@ def train(
     finally:
         if store is not None and run_id is not None:
             store.end_run(run_id, status, saved_to=str(out.absolute()) if status == "ok" else None, error=error)
+
+
+def param_groups(trainer: Trainer, names: list[str], lr: float) -> list[dict[str, Any]]:
+    """Adam's parameter groups: one per learning rate, in the order of ``names``."""
+    rates = trainer.learning_rates(lr)
+    unknown = sorted(set(rates) - set(names))
+    if unknown:
+        raise RuntimeError(f"learning rates for tensors the trainer does not train: {unknown}")
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    trained = trainer.parameters()
+    for n in names:
+        groups.setdefault(float(rates.get(n, lr)), []).append(trained[n])
+    return [{"params": params, "lr": rate} for rate, params in groups.items()]
 
 
 def _loop(trainer: Trainer, examples: list[TrainingExample], val_examples: list[TrainingExample], names: list[str],
@@ -310,8 +323,8 @@ def _checkpoint(path: Path, trainer: Trainer, names: list[str], optimizer: torch
         tensors[f"best/{n}"] = best[n].detach().cpu().contiguous()
     for n, b in trainer.buffers().items():
         tensors[f"buffer/{n}"] = b.detach().cpu().contiguous()
-    for i, n in enumerate(names):
-        for key, value in optimizer.state.get(optimizer.param_groups[0]["params"][i], {}).items():
+    for n in names:
+        for key, value in optimizer.state.get(trained[n], {}).items():
             tensors[f"adam/{n}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
     meta = {"state": json.dumps(asdict(state)), "identity": identity_key}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -337,10 +350,10 @@ def _resume(path: Path, identity_key: str, trainer: Trainer, names: list[str], o
             trained[n].copy_(tensors[f"param/{n}"])
         for n, b in buffers.items():
             b.copy_(tensors[f"buffer/{n}"])
-    for i, n in enumerate(names):
+    for n in names:
         entries = {key.rsplit("/", 1)[1]: t for key, t in tensors.items() if key.startswith(f"adam/{n}/")}
         if entries:
-            optimizer.state[optimizer.param_groups[0]["params"][i]] = entries
+            optimizer.state[trained[n]] = entries
     best = {n: tensors[f"best/{n}"].clone() for n in names}
     state = LoopState(**json.loads(meta["state"]))
     state.stopped = None if state.stopped in ("max_steps", "max_minutes") else state.stopped  # a larger budget goes on

@@ -39,7 +39,7 @@ class Trainer(abc.ABC):
     :class:`~kedsl.registry.params.MethodConfig`: ``kedsl train --param NAME=VALUE`` is
     validated against it). The loop calls :meth:`loss` once per step and
     :meth:`validate` every ``val_every`` steps; every tensor in :meth:`parameters` is
-    optimised with Adam, and every tensor of :meth:`parameters` and :meth:`buffers` is
+    optimised with Adam (at the loop's learning rate unless :meth:`learning_rates` says otherwise), and every tensor of :meth:`parameters` and :meth:`buffers` is
     saved in checkpoints and in the editor file, so resuming restores the trainer exactly."""
 
     config: ClassVar[type[MethodConfig]]
@@ -54,6 +54,12 @@ class Trainer(abc.ABC):
 
     def buffers(self) -> dict[str, torch.Tensor]:
         """Tensors saved with the editor that the optimiser does not touch."""
+        return {}
+
+    def learning_rates(self, lr: float) -> dict[str, float]:
+        """Learning rates of the trained tensors, by name, where they differ from the
+        loop's ``lr`` (``kedsl train --lr``); the rest train at ``lr``. MEND's step sizes,
+        for instance, are scalars of another scale than its network's weights."""
         return {}
 
     @abc.abstractmethod

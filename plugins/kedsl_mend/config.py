@@ -27,6 +27,9 @@ class MENDTrainConfig(MethodConfig):
     layers: list[int] | None = param(None, "layers whose MLP output projections are edited (default: the last three)", type="layers", min=0)
     rank: int = param(512, "hidden width of the gradient transform (one network per weight shape, shared by its layers)", min=1, max=8192)
     init_lr: float = param(1e-4, "initial per-layer step size of the edit", min=0.0)
+    # MEND trains its step sizes at their own rate (lr_lr in its configuration): an Adam step of
+    # the network's rate can be as large as a step size itself (init_lr 1e-4, --lr 1e-4).
+    lr_lr: float | None = param(None, "learning rate of the per-layer step sizes (default: the loop's --lr, as for the network)", min=0.0)
     edit_weight: float = param(0.1, "c_edit: weight of the edit loss (the edited model's NLL of the target on the edit prompt and its paraphrases)", min=0.0)
     # 10, not the paper's 1: on SmolLM2 (zsre_mend_train_1k.json, batch 4, lr 1e-4) c_loc 1 reached
     # validation efficacy 0.93 with locality 0.72 after 400 steps; 10 reached 0.95 and 0.86.

@@ -44,6 +44,11 @@ class MENDTrainer(Trainer):
     def buffers(self) -> dict[str, torch.Tensor]:
         return self._buffers
 
+    def learning_rates(self, lr: float) -> dict[str, float]:
+        if self.hparams.lr_lr is None:
+            return {}
+        return {name: float(self.hparams.lr_lr) for name in self._params if name.endswith(".lr")}
+
     def describe(self) -> dict[str, Any]:
         return {"layers": self.layers, "weights": [self.model.mlp_out_weight_name(layer) for layer in self.layers],
                 "shapes": sorted({shape_key(self.model, layer) for layer in self.layers})}  # fmt: skip
