@@ -39,8 +39,9 @@ class Trainer(abc.ABC):
     :class:`~kedsl.registry.params.MethodConfig`: ``kedsl train --param NAME=VALUE`` is
     validated against it). The loop calls :meth:`loss` once per step and
     :meth:`validate` every ``val_every`` steps; every tensor in :meth:`parameters` is
-    optimised with Adam (at the loop's learning rate unless :meth:`learning_rates` says otherwise), and every tensor of :meth:`parameters` and :meth:`buffers` is
-    saved in checkpoints and in the editor file, so resuming restores the trainer exactly."""
+    optimised with Adam (at the loop's learning rate unless :meth:`learning_rates` says
+    otherwise), and every tensor of :meth:`parameters` and :meth:`buffers` is saved in
+    checkpoints and in the editor file, so resuming restores the trainer exactly."""
 
     config: ClassVar[type[MethodConfig]]
 
